@@ -1,0 +1,233 @@
+"""Mount options, parsed the way mount(8), fstab and mount.fuse3 hand them over.
+
+The option string is the user-facing contract of zsfs: tmpfs syntax for the
+capacity and the root directory (``size``, ``nr_inodes``, ``mode``, ``uid``,
+``gid``), zram's ``mem_limit`` for the RAM spent on compressed data, a few zsfs
+tunables, and the generic mount flags that libfuse understands. All of it is
+checked here, before anything is mounted, so that a typo fails with one clear
+line instead of a half-made mount.
+
+Conventions:
+
+* ``size=0`` and ``nr_inodes=0`` mean unlimited (as in tmpfs) and are kept as 0;
+  ``mem_limit=0`` means no limit (as in zram).
+* Sizes take k/m/g/t suffixes in either case (1024-based); ``size`` and
+  ``mem_limit`` also take ``N%`` of physical RAM and are rounded up to 4 KiB.
+* Options that only matter to mount(8) itself (``defaults``, ``noauto``,
+  ``nofail``, ``x-*``, ...) are accepted and ignored.
+* Flags are passed to libfuse, except ``relatime``, which libfuse 3.14 rejects
+  and which is the kernel's default anyway; ``default_permissions``,
+  ``subtype=zsfs`` and ``fsname=`` are always passed.
+* ``fsname=`` overrides the mount source; ``subtype=`` is accepted only as
+  ``zsfs``, because the subtype is what makes the mount ``fuse.zsfs``.
+* Empty items are ignored and a repeated option's last value wins (but every
+  occurrence must be valid).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+_PAGE = 4096
+_NO_ID = 2**32 - 1  # (uid_t)-1 means "unchanged" to chown(2), so it owns nothing
+
+_INT = re.compile(r"[0-9]+")
+_SCALED = re.compile(r"([0-9]+)([kmgt]?)", re.IGNORECASE)
+_PERCENT = re.compile(r"([0-9]+)%")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_LEVELS = frozenset(range(-7, 23)) - {0}
+_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+# flag -> the group in which the last given flag wins
+_FLAGS = {
+    "ro": "rw", "rw": "rw",
+    "suid": "suid", "nosuid": "suid",
+    "dev": "dev", "nodev": "dev",
+    "exec": "exec", "noexec": "exec",
+    "sync": "sync", "async": "sync",
+    "atime": "atime", "noatime": "atime", "relatime": "atime",
+    "dirsync": "dirsync",
+    "allow_other": "allow", "allow_root": "allow",
+    "auto_unmount": "auto_unmount",
+    "default_permissions": "default_permissions",
+}
+_NOT_PASSED = frozenset({"relatime", "default_permissions"})
+_FOR_MOUNT_ONLY = frozenset(
+    {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",
+     "_netdev", "nofail", "comment"}
+)
+
+
+class OptionError(ValueError):
+    """A mount option is unknown or has a bad value; the message is one line."""
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    size: int  # logical capacity in bytes, 0 = unlimited; default half of RAM
+    nr_inodes: int  # 0 = unlimited; default RAM / 8 KiB, as tmpfs
+    mode: int  # of the root directory; default 0o1777
+    uid: int  # owner of the root directory; default the mounter's
+    gid: int
+    mem_limit: int  # bytes of RAM for compressed data, 0 = no limit (default)
+    chunk_size: int  # a power of two, 4 KiB..64 KiB; default 64 KiB
+    level: int  # zstd level, -7..-1 or 1..22; default 1
+    compact_threshold: float  # fraction 0..1; default 0.9
+    compact_interval: float  # seconds > 0; default 5
+    fuse_options: tuple[str, ...]  # for pyfuse3.init
+
+
+def physical_memory() -> int:
+    """Bytes of physical RAM, the base of ``N%`` sizes and of the defaults."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _round_up(n: int) -> int:
+    return -(-n // _PAGE) * _PAGE
+
+
+def _scaled(value: str) -> int:
+    m = _SCALED.fullmatch(value)
+    if not m:
+        raise ValueError
+    return int(m[1]) * _SUFFIX[m[2].lower()]
+
+
+def _bytes(value: str) -> int:
+    m = _PERCENT.fullmatch(value)
+    if m:
+        return _round_up(physical_memory() * int(m[1]) // 100)
+    return _round_up(_scaled(value))
+
+
+def _mode(value: str) -> int:
+    if not re.fullmatch(r"0*[0-7]{1,4}", value):
+        raise ValueError("octal, at most 7777")
+    return int(value, 8)
+
+
+def _id(value: str, lookup: Callable[[str], int], what: str) -> int:
+    if _INT.fullmatch(value):
+        n = int(value)
+        if n >= _NO_ID:
+            raise ValueError("out of range")
+        return n
+    try:
+        return lookup(value)
+    except KeyError:
+        raise ValueError(f"no such {what}") from None
+
+
+def _uid(value: str) -> int:
+    return _id(value, lambda name: pwd.getpwnam(name).pw_uid, "user")
+
+
+def _gid(value: str) -> int:
+    return _id(value, lambda name: grp.getgrnam(name).gr_gid, "group")
+
+
+def _chunk_size(value: str) -> int:
+    n = _scaled(value)
+    if n & (n - 1) or not _PAGE <= n <= 65536:
+        raise ValueError("a power of two from 4k to 64k")
+    return n
+
+
+def _level(value: str) -> int:
+    if not re.fullmatch(r"-?[0-9]+", value) or int(value) not in _LEVELS:
+        raise ValueError("-7..-1 or 1..22")
+    return int(value)
+
+
+def _fraction(value: str) -> float:
+    m = re.fullmatch(r"(.*)%", value)
+    text = m[1] if m else value
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError
+    x = float(text) / 100 if m else float(text)
+    if not 0 <= x <= 1:
+        raise ValueError("from 0 to 1, or 0% to 100%")
+    return x
+
+
+def _seconds(value: str) -> float:
+    if not _DECIMAL.fullmatch(value) or float(value) <= 0:
+        raise ValueError("seconds, more than 0")
+    return float(value)
+
+
+_PARSERS: dict[str, Callable[[str], int | float]] = {
+    "size": _bytes,
+    "nr_inodes": _scaled,
+    "mode": _mode,
+    "uid": _uid,
+    "gid": _gid,
+    "mem_limit": _bytes,
+    "chunk_size": _chunk_size,
+    "level": _level,
+    "compact_threshold": _fraction,
+    "compact_interval": _seconds,
+}
+
+
+def _items(opts: str | list[str]) -> list[str]:
+    chunks = [opts] if isinstance(opts, str) else opts
+    return [item for chunk in chunks for item in chunk.split(",") if item]
+
+
+def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
+    """Parse ``-o`` option strings (one string or several) into MountOptions.
+
+    *source* is the mount's source (fstab's first field), used as the default
+    fsname. Raises OptionError for an unknown option or a malformed value.
+    """
+    ram = physical_memory()
+    values: dict[str, Any] = {
+        "size": _round_up(ram // 2),
+        "nr_inodes": ram // (2 * _PAGE),
+        "mode": 0o1777,
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "mem_limit": 0,
+        "chunk_size": 65536,
+        "level": 1,
+        "compact_threshold": 0.9,
+        "compact_interval": 5.0,
+    }
+    flags: dict[str, str] = {}
+    fsname = source or "zsfs"
+    for item in _items(opts):
+        name, has_value, value = item.partition("=")
+        if name in _FOR_MOUNT_ONLY or name.startswith("x-"):
+            continue
+        if name in _PARSERS or name in ("fsname", "subtype"):
+            if not has_value:
+                raise OptionError(f"option {name!r} needs a value")
+        elif name in _FLAGS:
+            if has_value:
+                raise OptionError(f"option {name!r} takes no value")
+            flags[_FLAGS[name]] = name
+            continue
+        else:
+            raise OptionError(f"unknown option {name!r}")
+        if name == "fsname":
+            if not value:
+                raise OptionError(f"bad value for fsname: {value!r}")
+            fsname = value
+        elif name == "subtype":
+            if value != "zsfs":
+                raise OptionError(f"bad value for subtype: {value!r} (only zsfs)")
+        else:
+            try:
+                values[name] = _PARSERS[name](value)
+            except ValueError as e:
+                hint = f" ({e})" if str(e) else ""
+                raise OptionError(f"bad value for {name}: {value!r}{hint}") from None
+    passed = [flag for flag in flags.values() if flag not in _NOT_PASSED]
+    fuse = ("default_permissions", "subtype=zsfs", f"fsname={fsname}", *passed)
+    return MountOptions(**values, fuse_options=fuse)

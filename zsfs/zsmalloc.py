@@ -1,0 +1,576 @@
+"""zsmalloc: a slab-like allocator for compressed objects, after Linux mm/zsmalloc.c.
+
+Objects are variable-sized byte strings (compressed chunks). Each size is rounded
+up to a *size class*; classes are ``delta`` bytes apart (16 for a 4 KiB maximum,
+``max_object_size / 256`` for larger ones) from 32 bytes up to ``max_object_size``.
+A class packs its objects into *zspages*: chains of ``pages_per_zspage`` arena
+pages, chosen per class to waste the fewest bytes at the end of the chain. The
+pages of a chain are not contiguous and an object may straddle from one page to
+the next; only single pages are ever taken from the arena. Neighbouring classes
+that would get the same chain length and object count are merged into one.
+
+Classes that fit one object per zspage are *huge*: the object occupies the zspage
+alone and carries no header. ``huge_class_size`` is the watermark above which
+that happens; callers storing compressed data should store anything that does not
+compress below it uncompressed instead.
+
+Handles are decoupled from locations (the 2015 "decouple handle and object"
+patch): ``malloc`` returns a small integer handle, an index into a table that
+records where the object is now (zspage, slot) and its exact length. Every
+non-huge slot starts with a 4-byte header: an allocated slot holds its handle
+(tag bit set), a free slot the index of the next free slot of its zspage (tag bit
+clear), so the free list lives in the arena itself and compaction can find an
+object's owner by reading the slot. Because only the handle table knows where an
+object is, objects can move.
+
+Each class keeps its zspages in fullness groups of 10% (as the kernel does since
+6.2); allocation uses the fullest zspage with room, which keeps partly used
+zspages few. *Compaction* walks the classes from largest to smallest and, per
+class, moves objects from the emptiest zspage into the fullest one, updates their
+handles and frees source zspages as they empty. It runs in bounded slices
+(``compact_steps``) so an event loop can serve requests between them.
+
+Bookkeeping lives in Python only per handle (8 bytes in an ``array``) and per
+zspage (one small object); nothing is kept per free slot.
+
+Concurrency: a Pool is not thread-safe. zsfs calls it from the trio thread only.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from array import array
+from dataclasses import dataclass
+from typing import Iterator
+
+from .arena import PAGE_SHIFT, PAGE_SIZE, Arena, ArenaFull
+
+HANDLE_SIZE = 4
+ZS_MIN_ALLOC_SIZE = 32
+ZS_MAX_CHAIN = 16
+#: Fullness groups: 0 is empty, 1..10 hold zspages under 10%..100% in use, 11 is full.
+FULLNESS_LABELS = ("10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%", "100%")
+_FULL = 11
+_OFF_MASK = PAGE_SIZE - 1
+
+# A handle-table entry: zspage id | slot index | object length | live tag.
+_IDX_SHIFT = 18
+_ZSPAGE_SHIFT = 33
+_IDX_MASK = 0x7FFF
+_LEN_MASK = 0x1FFFF
+
+_header = struct.Struct("<I")
+
+
+class PoolFull(MemoryError):
+    """The allocation would take the pool past its memory limit (or the arena's size)."""
+
+
+class InvalidHandle(LookupError):
+    """A handle that malloc did not return, or that was freed."""
+
+
+class SizeClass:
+    """Objects of sizes ``(size - delta, size]`` (header included), in zspages of one shape."""
+
+    __slots__ = (
+        "index", "size", "pages_per_zspage", "objs_per_zspage", "huge", "header",
+        "group_of", "fullness", "current", "obj_used", "zspages",
+    )
+
+    def __init__(self, index: int, size: int, pages_per_zspage: int, objs_per_zspage: int) -> None:
+        self.index = index
+        self.size = size
+        self.pages_per_zspage = pages_per_zspage
+        self.objs_per_zspage = objs_per_zspage
+        self.huge = objs_per_zspage == 1
+        self.header = 0 if self.huge else HANDLE_SIZE
+        self.group_of = tuple(fullness_group(n, objs_per_zspage) for n in range(objs_per_zspage + 1))
+        self.fullness: list[set[ZsPage]] = [set() for _ in range(_FULL + 1)]
+        self.current: ZsPage | None = None   # where malloc looks first
+        self.obj_used = 0
+        self.zspages = 0
+
+    def freeable(self) -> int:
+        """Pages compaction could free now (the kernel's ``zs_can_compact``)."""
+        if self.huge:
+            return 0
+        free_slots = self.zspages * self.objs_per_zspage - self.obj_used
+        return free_slots // self.objs_per_zspage * self.pages_per_zspage
+
+
+class ZsPage:
+    """A chain of arena pages holding ``objs_per_zspage`` slots of one class.
+
+    ``base`` is the byte address of the first page when the chain happens to be
+    contiguous in the arena (then every object is one slice), else -1.
+    ``bump`` is the first slot never used; slots below it that are free are on
+    ``freelist`` (slot index + 1, 0 = empty), linked through their headers.
+    """
+
+    __slots__ = ("id", "size_class", "pages", "base", "inuse", "freelist", "bump", "fullness")
+
+    def __init__(self, zspage_id: int, size_class: SizeClass, pages: array) -> None:
+        self.id = zspage_id
+        self.size_class = size_class
+        self.pages = pages
+        first = pages[0]
+        contiguous = all(p == first + i for i, p in enumerate(pages))
+        self.base = first << PAGE_SHIFT if contiguous else -1
+        self.inuse = 0
+        self.freelist = 0
+        self.bump = 0
+        self.fullness = 0
+
+
+def fullness_group(inuse: int, objs_per_zspage: int) -> int:
+    """The kernel's ``get_fullness_group``: 0 empty, 1..10 by tenths, 11 full."""
+    if inuse == objs_per_zspage:
+        return _FULL
+    if inuse == 0:
+        return 0
+    return 100 * inuse // objs_per_zspage // 10 + 1
+
+
+def pages_per_zspage(size: int) -> int:
+    """Chain length wasting the fewest bytes for objects of ``size`` bytes.
+
+    As in the kernel, usage is compared in whole percent and the shortest chain
+    wins a tie. Chains are up to 16 pages, or up to four objects' worth of pages
+    for objects above 16 KiB, which would otherwise fit only three to a chain.
+    """
+    min_pages = -(-size // PAGE_SIZE)
+    best, best_used = min_pages, -1
+    for pages in range(min_pages, max(ZS_MAX_CHAIN, 4 * min_pages) + 1):
+        zspage_size = pages * PAGE_SIZE
+        used = (zspage_size - zspage_size % size) * 100 // zspage_size
+        if used > best_used:
+            best, best_used = pages, used
+    return best
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """One row of the per-class table (zsmalloc's debugfs ``classes``).
+
+    Attributes:
+        index: class index; size: slot size in bytes (header included);
+        fullness: zspage counts per group, for ``FULLNESS_LABELS`` (10% .. 100%);
+        obj_allocated: slots in this class's zspages; obj_used: live objects;
+        pages_used: arena pages; pages_per_zspage: chain length;
+        freeable: pages compaction could free (``zs_can_compact``).
+    """
+
+    index: int
+    size: int
+    fullness: tuple[int, ...]
+    obj_allocated: int
+    obj_used: int
+    pages_used: int
+    pages_per_zspage: int
+    freeable: int
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool.
+
+    Attributes:
+        pages_used: arena pages held by zspages; mem_used: the same in bytes.
+        mem_used_max: high-water mark of mem_used, in bytes.
+        mem_limit: the limit in force, bytes (0 = none).
+        obj_bytes: exact bytes of live objects; objects: live objects.
+        pages_compacted: pages freed by compaction since the pool was made.
+        frag_ratio: obj_bytes / mem_used (1.0 for an empty pool).
+        classes: per-class rows, non-empty classes only.
+    """
+
+    pages_used: int
+    mem_used: int
+    mem_used_max: int
+    mem_limit: int
+    obj_bytes: int
+    objects: int
+    pages_compacted: int
+    frag_ratio: float
+    classes: tuple[ClassStats, ...]
+
+    @property
+    def freeable(self) -> int:
+        """Pages a full compaction could free now."""
+        return sum(c.freeable for c in self.classes)
+
+
+class Pool:
+    """A zsmalloc pool over its own arena.
+
+    Args:
+        max_object_size: largest object, a power of two from 4096 to 65536.
+        mem_limit: bytes of arena pages the pool may hold (0 = no limit); the
+            attribute of the same name may be changed at any time.
+        arena_capacity: bytes of address space to reserve (default: RAM size).
+    """
+
+    def __init__(self, max_object_size: int = 4096, mem_limit: int = 0,
+                 arena_capacity: int | None = None) -> None:
+        if (max_object_size < PAGE_SIZE or max_object_size > 65536
+                or max_object_size & (max_object_size - 1)):
+            raise ValueError(f"max_object_size must be a power of two in 4096..65536, "
+                             f"not {max_object_size}")
+        if mem_limit < 0:
+            raise ValueError(f"mem_limit must be >= 0, not {mem_limit}")
+        self.max_object_size = max_object_size
+        self.mem_limit = mem_limit
+        self.arena = Arena(arena_capacity)
+        self._view = self.arena.view
+        self.delta = max(16, max_object_size >> 8)
+        self._classes, by_index = self._make_classes()
+        # Index by (size + _lookup_bias) // delta: the class for size + header,
+        # sizes below the first class mapping to it and the largest clamped to the last.
+        self._lookup_bias = HANDLE_SIZE - ZS_MIN_ALLOC_SIZE + 2 * self.delta - 1
+        self._class_lookup = [by_index[0], *by_index, by_index[-1]]
+        huge = [c for c in self._classes if c.huge]
+        self.huge_class_size = huge[0].size - HANDLE_SIZE if huge else max_object_size
+        self._handles = array("Q", [0])   # handle 0 is never valid
+        self._free_handle = 0              # head of the freed-handle list
+        self._zspages: list[ZsPage | None] = []
+        self._free_zspage_ids: list[int] = []
+        self.pages_used = 0
+        self.obj_bytes = 0
+        self.pages_compacted = 0
+
+    def _make_classes(self) -> tuple[list[SizeClass], list[SizeClass]]:
+        """Build the distinct classes and the index -> class table (merged neighbours).
+
+        Walks from the largest size down, as the kernel does, so that a smaller size
+        with the same shape as the class above it shares that class.
+        """
+        count = math.ceil((self.max_object_size - ZS_MIN_ALLOC_SIZE) / self.delta) + 1
+        by_index: list[SizeClass | None] = [None] * count
+        distinct: list[SizeClass] = []
+        above: SizeClass | None = None
+        for i in reversed(range(count)):
+            size = min(ZS_MIN_ALLOC_SIZE + i * self.delta, self.max_object_size)
+            pages = pages_per_zspage(size)
+            objs = pages * PAGE_SIZE // size
+            if above is not None and above.pages_per_zspage == pages and above.objs_per_zspage == objs:
+                by_index[i] = above
+                continue
+            above = SizeClass(i, size, pages, objs)
+            by_index[i] = above
+            distinct.append(above)
+        distinct.reverse()
+        return distinct, by_index  # type: ignore[return-value]
+
+    # -- allocation ---------------------------------------------------------------
+
+    def malloc(self, size: int) -> int:
+        """Allocate an object of exactly ``size`` bytes and return its handle (> 0).
+
+        Raises:
+            ValueError: size is not in 1..max_object_size.
+            PoolFull: a new zspage would exceed ``mem_limit``; the pool is unchanged.
+        """
+        if not 0 < size <= self.max_object_size:
+            raise ValueError(f"object size {size} outside 1..{self.max_object_size}")
+        cls = self._class_lookup[(size + self._lookup_bias) // self.delta]
+        zspage = cls.current
+        if zspage is None or zspage.inuse == cls.objs_per_zspage:
+            zspage = cls.current = self._zspage_with_room(cls)
+        idx = zspage.freelist - 1
+        if idx >= 0:
+            zspage.freelist = _header.unpack_from(self._view, self._slot_addr(zspage, idx))[0] >> 1
+        else:
+            idx = zspage.bump
+            zspage.bump = idx + 1
+        handles = self._handles
+        handle = self._free_handle
+        if handle:
+            self._free_handle = handles[handle] >> 1
+        else:
+            handle = len(handles)
+            handles.append(0)
+        handles[handle] = (zspage.id << _ZSPAGE_SHIFT) | (idx << _IDX_SHIFT) | (size << 1) | 1
+        if cls.header:
+            base = zspage.base
+            _header.pack_into(self._view, base + idx * cls.size if base >= 0
+                              else self._slot_addr(zspage, idx), (handle << 1) | 1)
+        inuse = zspage.inuse = zspage.inuse + 1
+        cls.obj_used += 1
+        self.obj_bytes += size
+        if cls.group_of[inuse] != zspage.fullness:
+            self._regroup(cls, zspage)
+        return handle
+
+    def _zspage_with_room(self, cls: SizeClass) -> ZsPage:
+        """The fullest zspage of ``cls`` that is not full, or a new one."""
+        for group in reversed(cls.fullness[1:_FULL]):
+            if group:
+                return next(iter(group))
+        return self._new_zspage(cls)
+
+    def _new_zspage(self, cls: SizeClass) -> ZsPage:
+        npages = cls.pages_per_zspage
+        if self.mem_limit and (self.pages_used + npages) * PAGE_SIZE > self.mem_limit:
+            raise PoolFull(f"pool would exceed mem_limit of {self.mem_limit} bytes")
+        pages = array("I")
+        try:
+            for _ in range(npages):
+                pages.append(self.arena.alloc_page())
+        except ArenaFull as e:
+            for page in pages:
+                self.arena.free_page(page)
+            raise PoolFull(str(e)) from None
+        if self._free_zspage_ids:
+            zspage_id = self._free_zspage_ids.pop()
+            zspage = self._zspages[zspage_id] = ZsPage(zspage_id, cls, pages)
+        else:
+            zspage = ZsPage(len(self._zspages), cls, pages)
+            self._zspages.append(zspage)
+        self.pages_used += npages
+        cls.zspages += 1
+        cls.fullness[0].add(zspage)
+        return zspage
+
+    def _free_zspage(self, cls: SizeClass, zspage: ZsPage) -> None:
+        cls.fullness[zspage.fullness].discard(zspage)
+        if cls.current is zspage:
+            cls.current = None
+        for page in zspage.pages:
+            self.arena.free_page(page)
+        self._zspages[zspage.id] = None
+        self._free_zspage_ids.append(zspage.id)
+        self.pages_used -= cls.pages_per_zspage
+        cls.zspages -= 1
+
+    def _regroup(self, cls: SizeClass, zspage: ZsPage) -> None:
+        """Move ``zspage`` to the fullness group its ``inuse`` now calls for."""
+        group = cls.group_of[zspage.inuse]
+        old = zspage.fullness
+        if group != old:
+            groups = cls.fullness
+            groups[old].discard(zspage)
+            groups[group].add(zspage)
+            zspage.fullness = group
+            # malloc's cached zspage must stay the fullest one with room.
+            if zspage is cls.current and group < old and any(groups[group + 1:_FULL]):
+                cls.current = None
+
+    # -- access -------------------------------------------------------------------
+
+    def _entry(self, handle: int) -> int:
+        """The live handle-table entry of ``handle``.
+
+        The hot paths inline this: ``handles[handle]`` then this call only when the
+        entry is not live or the lookup failed.
+        """
+        try:
+            entry = self._handles[handle] if handle > 0 else 0
+        except IndexError:
+            entry = 0
+        if not entry & 1:
+            raise InvalidHandle(f"invalid or freed handle {handle!r}")
+        return entry
+
+    def _slot_addr(self, zspage: ZsPage, idx: int) -> int:
+        """Arena address of slot ``idx``'s start (only its header is guaranteed in one page)."""
+        offset = idx * zspage.size_class.size
+        if zspage.base >= 0:
+            return zspage.base + offset
+        return (zspage.pages[offset >> PAGE_SHIFT] << PAGE_SHIFT) | (offset & _OFF_MASK)
+
+    def size(self, handle: int) -> int:
+        """Exact length of the object."""
+        return (self._entry(handle) >> 1) & _LEN_MASK
+
+    def read(self, handle: int) -> memoryview | bytes:
+        """The object's bytes: a view into the arena, valid until the pool next changes."""
+        try:
+            entry = self._handles[handle]
+        except IndexError:
+            entry = 0
+        if not entry & 1 or handle <= 0:
+            entry = self._entry(handle)
+        zspage = self._zspages[entry >> _ZSPAGE_SHIFT]
+        cls = zspage.size_class
+        offset = ((entry >> _IDX_SHIFT) & _IDX_MASK) * cls.size + cls.header
+        length = (entry >> 1) & _LEN_MASK
+        if zspage.base >= 0:
+            start = zspage.base + offset
+            return self._view[start:start + length]
+        return b"".join(self._segments(zspage, offset, length))
+
+    def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        """Fill the object with ``data``, which must be exactly its size."""
+        try:
+            entry = self._handles[handle]
+        except IndexError:
+            entry = 0
+        if not entry & 1 or handle <= 0:
+            entry = self._entry(handle)
+        length = (entry >> 1) & _LEN_MASK
+        if len(data) != length:
+            raise ValueError(f"object {handle} holds {length} bytes, got {len(data)}")
+        zspage = self._zspages[entry >> _ZSPAGE_SHIFT]
+        cls = zspage.size_class
+        offset = ((entry >> _IDX_SHIFT) & _IDX_MASK) * cls.size + cls.header
+        view = self._view
+        if zspage.base >= 0:
+            start = zspage.base + offset
+            view[start:start + length] = data
+            return
+        data = memoryview(data).cast("B")
+        done = 0
+        for segment in self._segments(zspage, offset, length):
+            n = len(segment)
+            segment[:] = data[done:done + n]
+            done += n
+
+    def _segments(self, zspage: ZsPage, offset: int, length: int) -> Iterator[memoryview]:
+        """Arena views covering ``length`` bytes at ``offset`` of a non-contiguous zspage."""
+        view, pages = self._view, zspage.pages
+        while length:
+            in_page = offset & _OFF_MASK
+            n = min(length, PAGE_SIZE - in_page)
+            start = (pages[offset >> PAGE_SHIFT] << PAGE_SHIFT) | in_page
+            yield view[start:start + n]
+            offset += n
+            length -= n
+
+    def free(self, handle: int) -> None:
+        """Free the object; its handle becomes invalid (and may be reused)."""
+        try:
+            entry = self._handles[handle]
+        except IndexError:
+            entry = 0
+        if not entry & 1 or handle <= 0:
+            entry = self._entry(handle)
+        zspage = self._zspages[entry >> _ZSPAGE_SHIFT]
+        cls = zspage.size_class
+        self._handles[handle] = self._free_handle << 1
+        self._free_handle = handle
+        self.obj_bytes -= (entry >> 1) & _LEN_MASK
+        cls.obj_used -= 1
+        inuse = zspage.inuse = zspage.inuse - 1
+        if inuse == 0:
+            self._free_zspage(cls, zspage)
+            return
+        idx = (entry >> _IDX_SHIFT) & _IDX_MASK
+        base = zspage.base
+        _header.pack_into(self._view, base + idx * cls.size if base >= 0
+                          else self._slot_addr(zspage, idx), zspage.freelist << 1)
+        zspage.freelist = idx + 1
+        if cls.group_of[inuse] != zspage.fullness:
+            self._regroup(cls, zspage)
+
+    # -- compaction ---------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Compact every class fully; return the pages freed."""
+        freed = sum(self.compact_steps(budget=1 << 30))
+        self.arena.release()
+        return freed
+
+    def compact_steps(self, budget: int = 1024) -> Iterator[int]:
+        """Compact in slices: move at most ``budget`` objects, then yield pages freed.
+
+        The pool is consistent at every yield, so malloc, free and read may run
+        between slices; each slice re-chooses its source and destination.
+        """
+        for cls in reversed(self._classes):
+            while cls.freeable():
+                freed, moved = self._compact_class(cls, budget)
+                self.pages_compacted += freed
+                yield freed
+                if not moved:
+                    break
+
+    def _compact_class(self, cls: SizeClass, budget: int) -> tuple[int, int]:
+        """Move up to ``budget`` objects from the emptiest zspages into the fullest.
+
+        Returns (pages freed, objects moved).
+        """
+        groups = cls.fullness
+        freed = moved = 0
+        cls.current = None
+        while moved < budget and cls.freeable():
+            src = next(iter(next(g for g in groups[1:_FULL] if g)))
+            dst = next((z for g in reversed(groups[1:_FULL]) for z in g if z is not src), None)
+            if dst is None:
+                break
+            moved += self._migrate(cls, src, dst, budget - moved)
+            self._regroup(cls, dst)
+            if src.inuse == 0:
+                self._free_zspage(cls, src)
+                freed += cls.pages_per_zspage
+            else:
+                self._regroup(cls, src)
+        return freed, moved
+
+    def _migrate(self, cls: SizeClass, src: ZsPage, dst: ZsPage, budget: int) -> int:
+        """Move live objects of ``src`` into ``dst`` until one side or the budget runs out."""
+        moved = 0
+        view, handles = self._view, self._handles
+        for idx in range(src.bump):
+            if moved == budget or dst.inuse == cls.objs_per_zspage:
+                break
+            addr = self._slot_addr(src, idx)
+            tag = _header.unpack_from(view, addr)[0]
+            if not tag & 1:
+                continue
+            handle = tag >> 1
+            entry = handles[handle]
+            length = (entry >> 1) & _LEN_MASK
+            data = bytes(self._object_view(src, idx, length))
+            if dst.freelist:
+                new_idx = dst.freelist - 1
+                dst.freelist = _header.unpack_from(view, self._slot_addr(dst, new_idx))[0] >> 1
+            else:
+                new_idx = dst.bump
+                dst.bump += 1
+            handles[handle] = (dst.id << _ZSPAGE_SHIFT) | (new_idx << _IDX_SHIFT) | (entry & 0x3FFFF)
+            _header.pack_into(view, self._slot_addr(dst, new_idx), tag)
+            self.write(handle, data)
+            _header.pack_into(view, addr, src.freelist << 1)
+            src.freelist = idx + 1
+            src.inuse -= 1
+            dst.inuse += 1
+            moved += 1
+        return moved
+
+    def _object_view(self, zspage: ZsPage, idx: int, length: int) -> memoryview | bytes:
+        offset = idx * zspage.size_class.size + zspage.size_class.header
+        if zspage.base >= 0:
+            start = zspage.base + offset
+            return self._view[start:start + length]
+        return b"".join(self._segments(zspage, offset, length))
+
+    # -- statistics ---------------------------------------------------------------
+
+    def reset_mem_used_max(self) -> None:
+        """Start the high-water mark again from the current use."""
+        self.arena.reset_max()
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of the pool's counters and per-class table."""
+        rows = []
+        for cls in self._classes:
+            if not cls.zspages:
+                continue
+            rows.append(ClassStats(
+                index=cls.index, size=cls.size,
+                fullness=tuple(len(g) for g in cls.fullness[1:]),
+                obj_allocated=cls.zspages * cls.objs_per_zspage, obj_used=cls.obj_used,
+                pages_used=cls.zspages * cls.pages_per_zspage,
+                pages_per_zspage=cls.pages_per_zspage, freeable=cls.freeable(),
+            ))
+        mem_used = self.pages_used * PAGE_SIZE
+        return PoolStats(
+            pages_used=self.pages_used, mem_used=mem_used,
+            mem_used_max=self.arena.pages_max * PAGE_SIZE, mem_limit=self.mem_limit,
+            obj_bytes=self.obj_bytes, objects=sum(c.obj_used for c in self._classes),
+            pages_compacted=self.pages_compacted,
+            frag_ratio=self.obj_bytes / mem_used if mem_used else 1.0,
+            classes=tuple(rows),
+        )
