@@ -161,7 +161,19 @@ def _seconds(value: str) -> float:
     return float(value)
 
 
-_PARSERS: dict[str, Callable[[str], int | float]] = {
+def _fsname(value: str) -> str:
+    if not value:
+        raise ValueError
+    return value
+
+
+def _subtype(value: str) -> str:
+    if value != "zsfs":
+        raise ValueError("only zsfs")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str], int | float | str]] = {
     "size": _bytes,
     "nr_inodes": _scaled,
     "mode": _mode,
@@ -172,12 +184,22 @@ _PARSERS: dict[str, Callable[[str], int | float]] = {
     "level": _level,
     "compact_threshold": _fraction,
     "compact_interval": _seconds,
+    "fsname": _fsname,
+    "subtype": _subtype,
 }
 
 
 def _items(opts: str | list[str]) -> list[str]:
     chunks = [opts] if isinstance(opts, str) else opts
     return [item for chunk in chunks for item in chunk.split(",") if item]
+
+
+def _value(name: str, value: str) -> int | float | str:
+    try:
+        return _PARSERS[name](value)
+    except ValueError as e:
+        hint = f" ({e})" if str(e) else ""
+        raise OptionError(f"bad value for {name}: {value!r}{hint}") from None
 
 
 def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
@@ -198,36 +220,34 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
         "level": 1,
         "compact_threshold": 0.9,
         "compact_interval": 5.0,
+        "fsname": source or "zsfs",
+        "subtype": "zsfs",
     }
     flags: dict[str, str] = {}
-    fsname = source or "zsfs"
     for item in _items(opts):
         name, has_value, value = item.partition("=")
         if name in _FOR_MOUNT_ONLY or name.startswith("x-"):
             continue
-        if name in _PARSERS or name in ("fsname", "subtype"):
-            if not has_value:
-                raise OptionError(f"option {name!r} needs a value")
-        elif name in _FLAGS:
+        if name in _FLAGS:
             if has_value:
                 raise OptionError(f"option {name!r} takes no value")
             flags[_FLAGS[name]] = name
-            continue
+        elif name in _PARSERS:
+            if not has_value:
+                raise OptionError(f"option {name!r} needs a value")
+            values[name] = _value(name, value)
         else:
             raise OptionError(f"unknown option {name!r}")
-        if name == "fsname":
-            if not value:
-                raise OptionError(f"bad value for fsname: {value!r}")
-            fsname = value
-        elif name == "subtype":
-            if value != "zsfs":
-                raise OptionError(f"bad value for subtype: {value!r} (only zsfs)")
-        else:
-            try:
-                values[name] = _PARSERS[name](value)
-            except ValueError as e:
-                hint = f" ({e})" if str(e) else ""
-                raise OptionError(f"bad value for {name}: {value!r}{hint}") from None
-    passed = [flag for flag in flags.values() if flag not in _NOT_PASSED]
-    fuse = ("default_permissions", "subtype=zsfs", f"fsname={fsname}", *passed)
+    fuse = ("default_permissions", f"subtype={values.pop('subtype')}",
+            f"fsname={values.pop('fsname')}",
+            *(flag for flag in flags.values() if flag not in _NOT_PASSED))
     return MountOptions(**values, fuse_options=fuse)
+
+
+def parse_value(name: str, value: str) -> int | float:
+    """Parse one option's value; the control files take the same syntax."""
+    try:
+        return _PARSERS[name](value)
+    except ValueError as e:
+        hint = f" ({e})" if str(e) else ""
+        raise OptionError(f"bad value for {name}: {value!r}{hint}") from None

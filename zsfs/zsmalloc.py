@@ -11,8 +11,8 @@ that would get the same chain length and object count are merged into one.
 
 Classes that fit one object per zspage are *huge*: the object occupies the zspage
 alone and carries no header. ``huge_class_size`` is the watermark above which
-that happens; callers storing compressed data should store anything that does not
-compress below it uncompressed instead.
+every class is huge; callers storing compressed data should store anything that
+does not compress below it uncompressed instead (zram's rule).
 
 Handles are decoupled from locations (the 2015 "decouple handle and object"
 patch): ``malloc`` returns a small integer handle, an index into a table that
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from array import array
 from dataclasses import dataclass
 from typing import Iterator
@@ -124,6 +125,11 @@ class ZsPage:
         self.fullness = 0
 
 
+# Python bytes of one zspage (object, page array header, a set slot) and of one class.
+_ZSPAGE_BYTES = (sys.getsizeof(ZsPage.__new__(ZsPage)) + sys.getsizeof(array("I")) + 16)
+_CLASS_BYTES = sys.getsizeof(SizeClass.__new__(SizeClass)) + 12 * sys.getsizeof(set())
+
+
 def fullness_group(inuse: int, objs_per_zspage: int) -> int:
     """The kernel's ``get_fullness_group``: 0 empty, 1..10 by tenths, 11 full."""
     if inuse == objs_per_zspage:
@@ -198,7 +204,7 @@ class PoolStats:
 
     @property
     def freeable(self) -> int:
-        """Pages a full compaction could free now."""
+        """Pages a full compaction could have freed at the time of the snapshot."""
         return sum(c.freeable for c in self.classes)
 
 
@@ -230,8 +236,12 @@ class Pool:
         # sizes below the first class mapping to it and the largest clamped to the last.
         self._lookup_bias = HANDLE_SIZE - ZS_MIN_ALLOC_SIZE + 2 * self.delta - 1
         self._class_lookup = [by_index[0], *by_index, by_index[-1]]
-        huge = [c for c in self._classes if c.huge]
-        self.huge_class_size = huge[0].size - HANDLE_SIZE if huge else max_object_size
+        first_huge = len(self._classes)
+        while first_huge > 0 and self._classes[first_huge - 1].huge:
+            first_huge -= 1
+        #: Objects of this many bytes or more land in the top run of huge classes.
+        self.huge_class_size = (self._classes[first_huge - 1].size - HANDLE_SIZE + 1
+                                if first_huge else 1)
         self._handles = array("Q", [0])   # handle 0 is never valid
         self._free_handle = 0              # head of the freed-handle list
         self._zspages: list[ZsPage | None] = []
@@ -466,6 +476,10 @@ class Pool:
 
     # -- compaction ---------------------------------------------------------------
 
+    def freeable(self) -> int:
+        """Pages a full compaction could free now (sum of ``zs_can_compact``)."""
+        return sum(cls.freeable() for cls in self._classes if cls.zspages)
+
     def compact(self) -> int:
         """Compact every class fully; return the pages freed."""
         freed = sum(self.compact_steps(budget=1 << 30))
@@ -547,6 +561,15 @@ class Pool:
         return b"".join(self._segments(zspage, offset, length))
 
     # -- statistics ---------------------------------------------------------------
+
+    def metadata_bytes(self) -> int:
+        """Python memory of the pool's bookkeeping: handle table, zspages, classes."""
+        handles = self._handles
+        total = handles.buffer_info()[1] * handles.itemsize + sys.getsizeof(self._zspages)
+        for cls in self._classes:
+            per_zspage = _ZSPAGE_BYTES + cls.pages_per_zspage * 4
+            total += _CLASS_BYTES + len(cls.group_of) * 8 + cls.zspages * per_zspage
+        return total
 
     def reset_mem_used_max(self) -> None:
         """Start the high-water mark again from the current use."""

@@ -1,0 +1,94 @@
+"""Compaction on the event loop: on demand, to make room, and in the background.
+
+Compaction moves objects, so it must not overlap any other pool operation; on the
+trio thread that holds by construction, as long as each slice runs without an
+``await``. ``Pool.compact_steps`` leaves the pool consistent after every slice,
+so between slices we yield to the event loop and FUSE requests (reads, writes,
+frees) are served. One compaction runs at a time (a manual request arriving while
+the background task works waits for it, then finds little left to do).
+
+The background task sleeps ``interval`` seconds or until ``kick()`` says that
+much was freed, and compacts when the fragmentation ratio (live object bytes /
+pool bytes) is below ``threshold`` and enough pages are freeable to be worth the
+copying: at least ``min_freeable_pages`` and 1% of the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from .arena import PAGE_SIZE
+from .zsmalloc import Pool
+
+log = logging.getLogger(__name__)
+
+SLICE_BUDGET = 128          # objects moved between two yields to the event loop
+KICK_SETTLE_SECONDS = 0.2   # after a kick, let a burst of frees finish first
+
+
+class Compactor:
+    """Runs compactions of one pool in slices; counts them.
+
+    Attributes:
+        threshold: background compaction starts below this frag ratio (0..1).
+        interval: seconds between background checks.
+        background_runs, manual_runs: compactions done, by who asked.
+        longest_slice: the longest time (seconds) one slice held the event loop.
+    """
+
+    def __init__(self, pool: Pool, threshold: float, interval: float,
+                 min_freeable_pages: int = 64) -> None:
+        self.pool = pool
+        self.threshold = threshold
+        self.interval = interval
+        self.min_freeable_pages = min_freeable_pages
+        self.background_runs = 0
+        self.manual_runs = 0
+        self.longest_slice = 0.0
+        self._lock = trio.Lock()
+        self._kicked = trio.Event()
+
+    async def compact(self, manual: bool = True) -> int:
+        """One full compaction in slices; returns the pages freed."""
+        async with self._lock:
+            freed = 0
+            steps = self.pool.compact_steps(SLICE_BUDGET)
+            while True:
+                start = time.perf_counter()
+                pages = next(steps, None)
+                self.longest_slice = max(self.longest_slice, time.perf_counter() - start)
+                if pages is None:
+                    break
+                freed += pages
+                await trio.sleep(0)
+            self.pool.arena.release()
+            if manual:
+                self.manual_runs += 1
+            else:
+                self.background_runs += 1
+            return freed
+
+    def kick(self) -> None:
+        """Tell the background task that much was freed: check early."""
+        self._kicked.set()
+
+    def worth_it(self) -> bool:
+        pool = self.pool
+        if not pool.pages_used or pool.obj_bytes / (pool.pages_used * PAGE_SIZE) >= self.threshold:
+            return False
+        freeable = pool.freeable()
+        return freeable >= self.min_freeable_pages and freeable * 100 >= pool.pages_used
+
+    async def run(self) -> None:
+        """The background task: never returns (cancel it)."""
+        while True:
+            with trio.move_on_after(self.interval):
+                await self._kicked.wait()
+                await trio.sleep(KICK_SETTLE_SECONDS)
+            self._kicked = trio.Event()
+            if self.worth_it():
+                freed = await self.compact(manual=False)
+                log.info("background compaction freed %d pages", freed)

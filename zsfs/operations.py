@@ -1,0 +1,444 @@
+"""FUSE operations: translate kernel requests into calls on the tree and the control
+directory, and their outcomes into replies.
+
+This layer checks and translates; it keeps no storage logic. Every handler
+answers with data or a ``FUSEError``: the tree's ``OSError`` becomes its errno,
+``NoSpace`` becomes ``ENOSPC``, and anything unexpected is logged with its
+traceback and answered with ``EIO`` so that one bug never takes the mount down.
+
+Choices that shape the request stream (see README, "Performance"):
+
+* entry and attribute timeouts are long and negative lookups are cached, because
+  every change goes through this daemon and the kernel invalidates what it changes;
+* FLUSH is answered with ENOSYS once, after which the kernel stops sending it;
+* the kernel's writeback cache stays off, so that ENOSPC (``size=``, ``mem_limit=``)
+  reaches the ``write(2)`` that caused it rather than a later ``close(2)``;
+* control files are opened with direct I/O, so every read sees fresh values.
+
+Lookup counts: ``lookup``, ``create``, ``mknod``, ``mkdir``, ``symlink``, ``link``
+and each readdirplus entry other than ``.`` and ``..`` add one; ``forget`` takes
+them away. The control directory's inodes are static and not counted.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+import trio
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
+
+from .arena import PAGE_SIZE
+from .chunkstore import ChunkStore, NoSpace
+from .compactor import Compactor
+from .control import CONTROL_DIR_INO, CONTROL_NAME, Control
+from .options import MountOptions
+from .tree import NAME_MAX, ROOT_INODE, Inode, Tree
+from .zsmalloc import Pool
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 300.0
+BLOCK_SIZE = 1 << 20           # st_blksize: makes cp(1) and friends use 1 MiB requests
+CONTROL_COOKIE = 1 << 62       # .zsfs is listed last in the root directory
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def handler(fn: F) -> F:
+    """Answer every failure of a request handler with a FUSEError."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s%r", name, args[:-1] if name in _WITH_CTX else args)
+        try:
+            return await fn(self, *args)
+        except FUSEError:
+            raise
+        except NoSpace:
+            raise FUSEError(errno.ENOSPC) from None
+        except OSError as e:
+            if e.errno is None:
+                log.exception("%s failed", name)
+                raise FUSEError(errno.EIO) from None
+            raise FUSEError(e.errno) from None
+        except Exception:
+            log.exception("%s failed", name)
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_WITH_CTX = frozenset({
+    "lookup", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir",
+    "symlink", "rename", "link", "open", "opendir", "statfs", "setxattr", "getxattr",
+    "listxattr", "removexattr", "create",
+})
+
+
+class _ControlHandle:
+    """An open control file: its rendering at open time."""
+
+    __slots__ = ("ino", "content")
+
+    def __init__(self, ino: int, content: bytes) -> None:
+        self.ino = ino
+        self.content = content
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 request handlers over one Tree and its Control directory."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, tree: Tree, control: Control, compactor: Compactor) -> None:
+        super().__init__()
+        self.tree = tree
+        self.store: ChunkStore = tree.store
+        self.pool: Pool = tree.store.pool
+        self.control = control
+        self.compactor = compactor
+        self._open: dict[int, Inode | _ControlHandle] = {}
+        self._next_fh = 1
+
+    async def serve(self) -> None:
+        """Serve requests until unmounted, with the background compactor running."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.compactor.run)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    # -- attributes ------------------------------------------------------------------
+
+    def _attr(self, inode: Inode) -> EntryAttributes:
+        a = EntryAttributes()
+        a.st_ino = inode.ino
+        a.st_mode = inode.mode
+        a.st_nlink = inode.nlink
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = inode.rdev
+        a.st_size = inode.size
+        a.st_blksize = BLOCK_SIZE
+        a.st_blocks = (inode.data.stored_bytes + 511) // 512 if inode.data is not None else 0
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        a.entry_timeout = TIMEOUT
+        a.attr_timeout = TIMEOUT
+        return a
+
+    def _control_attr(self, ino: int) -> EntryAttributes:
+        control = self.control
+        a = EntryAttributes()
+        a.st_ino = ino
+        a.st_mode = control.mode(ino)
+        a.st_nlink = 2 if ino == CONTROL_DIR_INO else 1
+        a.st_uid = control.uid
+        a.st_gid = control.gid
+        a.st_blksize = PAGE_SIZE
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = control.mtime_ns
+        a.entry_timeout = TIMEOUT
+        a.attr_timeout = 0
+        return a
+
+    def _named(self, inode: Inode) -> EntryAttributes:
+        """Attributes of an inode the kernel now holds one more reference to."""
+        return self._attr(self.tree.remember(inode))
+
+    def _check_writable_dir(self, parent: int, name: bytes | None = None) -> None:
+        """EPERM for changes inside .zsfs or to the name .zsfs itself."""
+        if parent == CONTROL_DIR_INO or (parent == ROOT_INODE and name == CONTROL_NAME):
+            raise FUSEError(errno.EPERM)
+
+    # -- names -------------------------------------------------------------------------
+
+    @handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> EntryAttributes:
+        if parent_inode == CONTROL_DIR_INO:
+            if name == b"..":
+                return self._named(self.tree.get(ROOT_INODE))
+            ino = CONTROL_DIR_INO if name == b"." else self.control.lookup(name)
+            return self._control_attr(ino)
+        if parent_inode == ROOT_INODE and name == CONTROL_NAME:
+            return self._control_attr(CONTROL_DIR_INO)
+        try:
+            return self._named(self.tree.lookup(parent_inode, name))
+        except OSError as e:
+            if e.errno != errno.ENOENT or len(name) > NAME_MAX:
+                raise
+            negative = EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = TIMEOUT
+            return negative
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        # No reply goes to the kernel, so this must not raise at all.
+        try:
+            for ino, nlookup in inode_list:
+                if not self.control.owns(ino):
+                    self.tree.forget(ino, nlookup)
+            self.compactor.kick()
+        except Exception:
+            log.exception("forget%r failed", inode_list)
+
+    @handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> EntryAttributes:
+        if self.control.owns(inode):
+            return self._control_attr(inode)
+        return self._attr(self.tree.get(inode))
+
+    @handler
+    async def setattr(self, inode: int, attr: EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> EntryAttributes:
+        if self.control.owns(inode):
+            # Shell redirections truncate before they write; nothing else may change.
+            if fields.update_size and attr.st_size == 0 and not (
+                    fields.update_mode or fields.update_uid or fields.update_gid):
+                return self._control_attr(inode)
+            raise FUSEError(errno.EPERM)
+        node = self.tree.get(inode)
+        if fields.update_size:
+            await self.tree.set_size(node, attr.st_size)
+            self.compactor.kick()
+        self.tree.set_attributes(
+            node,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
+        )
+        return self._attr(node)
+
+    @handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.tree.get(inode)
+        if node.target is None:
+            raise FUSEError(errno.EINVAL)
+        return node.target
+
+    @handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> EntryAttributes:
+        self._check_writable_dir(parent_inode)
+        return self._named(self._create(parent_inode, name, mode, ctx, rdev=rdev))
+
+    @handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> EntryAttributes:
+        self._check_writable_dir(parent_inode)
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        return self._named(self._create(parent_inode, name, mode, ctx))
+
+    @handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> EntryAttributes:
+        self._check_writable_dir(parent_inode)
+        mode = stat.S_IFLNK | 0o777
+        return self._named(self._create(parent_inode, name, mode, ctx, target=target))
+
+    def _create(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+                **kwargs: Any) -> Inode:
+        if parent == ROOT_INODE and name == CONTROL_NAME:
+            raise FUSEError(errno.EEXIST)
+        return self.tree.create(parent, name, mode, ctx.uid, ctx.gid, **kwargs)
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable_dir(parent_inode, name)
+        self.tree.unlink(parent_inode, name)
+        self.compactor.kick()
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable_dir(parent_inode, name)
+        self.tree.rmdir(parent_inode, name)
+
+    @handler
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable_dir(parent_inode_old, name_old)
+        self._check_writable_dir(parent_inode_new, name_new)
+        self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        self.compactor.kick()
+
+    @handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> EntryAttributes:
+        if self.control.owns(inode):
+            raise FUSEError(errno.EPERM)
+        self._check_writable_dir(new_parent_inode)
+        if new_parent_inode == ROOT_INODE and new_name == CONTROL_NAME:
+            raise FUSEError(errno.EEXIST)
+        return self._named(self.tree.link(inode, new_parent_inode, new_name))
+
+    # -- files -------------------------------------------------------------------------
+
+    def _new_fh(self, target: Inode | _ControlHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._open[fh] = target
+        return fh
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> FileInfo:
+        if self.control.owns(inode):
+            content = b"" if flags & os.O_ACCMODE == os.O_WRONLY else self.control.render(inode)
+            return FileInfo(fh=self._new_fh(_ControlHandle(inode, content)), direct_io=True)
+        return FileInfo(fh=self._new_fh(self.tree.open(inode)))
+
+    @handler
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        self._check_writable_dir(parent_inode)
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        node = self._create(parent_inode, name, mode, ctx)
+        fh = self._new_fh(self.tree.open(node.ino))
+        return FileInfo(fh=fh), self._named(node)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        target = self._open[fh]
+        if isinstance(target, _ControlHandle):
+            return target.content[off:off + size]
+        return self.tree.read(target, off, size)
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        target = self._open[fh]
+        if isinstance(target, _ControlHandle):
+            await self.control.write(target.ino, buf)
+            return len(buf)
+        return await self.tree.write(target, off, buf)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        raise FUSEError(errno.ENOSYS)
+
+    @handler
+    async def release(self, fh: int) -> None:
+        target = self._open.pop(fh)
+        if isinstance(target, Inode):
+            self.tree.close(target)
+            self.compactor.kick()
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        pass
+
+    # -- directories -------------------------------------------------------------------
+
+    @handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if self.control.owns(inode):
+            return self._new_fh(_ControlHandle(inode, b""))
+        node = self.tree.open(inode)
+        if node.directory is None:
+            self.tree.close(node)
+            raise FUSEError(errno.ENOTDIR)
+        return self._new_fh(node)
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        target = self._open[fh]
+        if isinstance(target, _ControlHandle):
+            self._readdir_control(start_id, token)
+            return
+        for name, node, cookie in self.tree.list_dir(target, start_id):
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), cookie):
+                return
+            if name not in (b".", b".."):
+                self.tree.remember(node)
+        if target.ino == ROOT_INODE and start_id < CONTROL_COOKIE:
+            pyfuse3.readdir_reply(token, CONTROL_NAME, self._control_attr(CONTROL_DIR_INO),
+                                  CONTROL_COOKIE)
+
+    def _readdir_control(self, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = [(b".", self._control_attr(CONTROL_DIR_INO)),
+                   (b"..", self._attr(self.tree.get(ROOT_INODE)))]
+        entries += [(f.name, self._control_attr(f.ino)) for f in self.control.files.values()]
+        for cookie, (name, attr) in enumerate(entries[start_id:], start_id + 1):
+            if not pyfuse3.readdir_reply(token, name, attr, cookie):
+                return
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        target = self._open.pop(fh)
+        if isinstance(target, Inode):
+            self.tree.close(target)
+
+    @handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        pass
+
+    @handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> StatvfsData:
+        """Block counts from ``size=`` and, when set, what ``mem_limit`` leaves at the
+        current compression ratio; inode counts from ``nr_inodes=``."""
+        store, pool, tree = self.store, self.pool, self.tree
+        used = -(-store.orig_bytes // PAGE_SIZE)
+        free_candidates = []
+        if store.capacity:
+            free_candidates.append(max(0, store.capacity // PAGE_SIZE - used))
+        if pool.mem_limit:
+            ratio = max(1.0, store.orig_bytes / (pool.pages_used * PAGE_SIZE)) if pool.pages_used else 1.0
+            room = max(0, pool.mem_limit - pool.pages_used * PAGE_SIZE)
+            free_candidates.append(int(room * ratio) // PAGE_SIZE)
+        free = min(free_candidates) if free_candidates else 0
+        s = StatvfsData()
+        s.f_bsize = s.f_frsize = PAGE_SIZE
+        s.f_blocks = store.capacity // PAGE_SIZE if store.capacity else used + free
+        s.f_bfree = s.f_bavail = free
+        inodes = len(tree.inodes)
+        s.f_files = tree.nr_inodes or 0
+        s.f_ffree = s.f_favail = max(0, tree.nr_inodes - inodes) if tree.nr_inodes else 0
+        s.f_namemax = NAME_MAX
+        return s
+
+    # -- extended attributes -------------------------------------------------------------
+
+    @handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self.control.owns(inode):
+            raise FUSEError(errno.EPERM)
+        self.tree.set_xattr(self.tree.get(inode), name, value)
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if self.control.owns(inode):
+            raise FUSEError(errno.ENODATA)
+        return self.tree.get_xattr(self.tree.get(inode), name)
+
+    @handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if self.control.owns(inode):
+            return []
+        return self.tree.list_xattrs(self.tree.get(inode))
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self.control.owns(inode):
+            raise FUSEError(errno.EPERM)
+        self.tree.remove_xattr(self.tree.get(inode), name)
+
+
+def build_operations(opts: MountOptions) -> Operations:
+    """Wire a mount together: arena and pool, chunk store, tree, compactor, control."""
+    pool = Pool(max_object_size=opts.chunk_size, mem_limit=opts.mem_limit)
+    compactor = Compactor(pool, opts.compact_threshold, opts.compact_interval)
+    store = ChunkStore(pool, opts.chunk_size, opts.level, capacity=opts.size,
+                       make_room=functools.partial(compactor.compact, manual=False))
+    tree = Tree(store, nr_inodes=opts.nr_inodes, root_mode=opts.mode, root_uid=opts.uid,
+                root_gid=opts.gid, atime="noatime" if "noatime" in opts.fuse_options else "relatime")
+    control = Control(pool, store, tree, compactor, uid=os.getuid(), gid=os.getgid())
+    return Operations(tree, control, compactor)

@@ -1,0 +1,506 @@
+"""The inode tree: every file, directory, link and special file of a mount.
+
+The tree owns POSIX semantics that the kernel leaves to the filesystem: names and
+their limits, link counts, directory entries with readdir cookies, rename with its
+flags, timestamps, set-group-ID inheritance, extended attributes, the lifetime of
+unlinked-but-open inodes, and the capacity limits (``nr_inodes``, and ``size`` via
+the chunk store). Permission checks are the kernel's (``default_permissions``),
+except what only the filesystem can know.
+
+Errors are raised as ``OSError(errno, message)``; the FUSE layer turns them into
+replies. File data goes through the ChunkStore; the tree only keeps each regular
+file's ChunkMap and size.
+
+Inode lifetime: an inode lives while it has a name (``nlink``), the kernel
+remembers it (``lookups``, lowered by FORGET) or it is open (``opens``). The last
+of the three to drop frees it and its chunks.
+
+Readdir cookies: each directory gives every new entry the next value of a counter,
+keeps the live cookies in a sorted list, and resumes a listing after the last
+cookie it reported. Entries created during a listing get higher cookies (they may
+or may not be seen); entries removed are never reported again; none is repeated.
+Cookies 1 and 2 are ``.`` and ``..``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from .chunkstore import ChunkMap, ChunkStore
+
+ROOT_INODE = 1
+NAME_MAX = 255
+PATH_MAX = 4096
+XATTR_SIZE_MAX = 65536
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+FIRST_COOKIE = 3
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_RELATIME_SECONDS = 24 * 3600
+_INT_BYTES = sys.getsizeof(1 << 40)
+
+
+def fs_error(code: int, what: str = "") -> OSError:
+    return OSError(code, f"{os.strerror(code)}{': ' if what else ''}{what}")
+
+
+class Directory:
+    """Entries of a directory: name -> inode number, with stable readdir cookies."""
+
+    __slots__ = ("children", "cookie_of", "name_of", "cookies", "next_cookie", "parent")
+
+    def __init__(self, parent: int) -> None:
+        self.children: dict[bytes, int] = {}
+        self.cookie_of: dict[bytes, int] = {}
+        self.name_of: dict[int, bytes] = {}
+        self.cookies: list[int] = []
+        self.next_cookie = FIRST_COOKIE
+        self.parent = parent
+
+    def add(self, name: bytes, ino: int) -> None:
+        cookie = self.next_cookie
+        self.next_cookie += 1
+        self.children[name] = ino
+        self.cookie_of[name] = cookie
+        self.name_of[cookie] = name
+        self.cookies.append(cookie)
+
+    def remove(self, name: bytes) -> int:
+        ino = self.children.pop(name)
+        cookie = self.cookie_of.pop(name)
+        del self.name_of[cookie]
+        del self.cookies[bisect.bisect_left(self.cookies, cookie)]
+        return ino
+
+    def replace(self, name: bytes, ino: int) -> None:
+        """Point an existing name at another inode, keeping its cookie."""
+        self.children[name] = ino
+
+    def entries_after(self, cookie: int) -> Iterator[tuple[bytes, int, int]]:
+        """(name, inode, cookie) of entries with cookies above ``cookie``, in order."""
+        cookies = self.cookies
+        i = bisect.bisect_right(cookies, cookie)
+        while i < len(cookies):
+            c = cookies[i]
+            name = self.name_of[c]
+            yield name, self.children[name], c
+            i += 1
+
+
+class Inode:
+    """One inode. ``data`` is set for regular files, ``directory`` for directories,
+    ``target`` for symlinks; ``xattrs`` is created on first use."""
+
+    __slots__ = (
+        "ino", "mode", "uid", "gid", "nlink", "size", "rdev",
+        "atime_ns", "mtime_ns", "ctime_ns", "lookups", "opens",
+        "data", "directory", "target", "xattrs",
+    )
+
+    def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.nlink = 0
+        self.size = 0
+        self.rdev = 0
+        self.atime_ns = self.mtime_ns = self.ctime_ns = now
+        self.lookups = 0
+        self.opens = 0
+        self.data: ChunkMap | None = None
+        self.directory: Directory | None = None
+        self.target: bytes | None = None
+        self.xattrs: dict[bytes, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class TreeStats:
+    """Inode counts: files (regular), directories, symlinks, special, total."""
+
+    files: int
+    directories: int
+    symlinks: int
+    special: int
+    inodes: int
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise fs_error(errno.ENAMETOOLONG)
+    if not name or b"/" in name or name in (b".", b".."):
+        raise fs_error(errno.EINVAL, repr(name))
+
+
+class Tree:
+    """The namespace and metadata of one mount.
+
+    Args:
+        store: where regular files keep their data.
+        nr_inodes: most inodes at once (0 = unlimited).
+        root_mode, root_uid, root_gid: the root directory's permissions and owner.
+        atime: "relatime" (the kernel default) or "noatime".
+    """
+
+    def __init__(self, store: ChunkStore, nr_inodes: int = 0, root_mode: int = 0o1777,
+                 root_uid: int = 0, root_gid: int = 0, atime: str = "relatime") -> None:
+        self.store = store
+        self.nr_inodes = nr_inodes
+        self.update_atime = atime != "noatime"
+        self.inodes: dict[int, Inode] = {}
+        self._next_ino = ROOT_INODE
+        root = self._new_inode(stat.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid)
+        root.directory = Directory(ROOT_INODE)
+        root.nlink = 2
+        root.lookups = 1  # the kernel never forgets the root
+
+    # -- inode table -----------------------------------------------------------------
+
+    def _new_inode(self, mode: int, uid: int, gid: int) -> Inode:
+        if self.nr_inodes and len(self.inodes) >= self.nr_inodes:
+            raise fs_error(errno.ENOSPC, "no free inodes (nr_inodes=)")
+        ino = self._next_ino
+        self._next_ino += 1
+        inode = Inode(ino, mode, uid, gid, time.time_ns())
+        self.inodes[ino] = inode
+        return inode
+
+    def get(self, ino: int) -> Inode:
+        try:
+            return self.inodes[ino]
+        except KeyError:
+            raise fs_error(errno.ENOENT, f"inode {ino}") from None
+
+    def directory(self, ino: int) -> Inode:
+        inode = self.get(ino)
+        if inode.directory is None:
+            raise fs_error(errno.ENOTDIR)
+        return inode
+
+    def _maybe_free(self, inode: Inode) -> None:
+        if inode.nlink == 0 and inode.lookups == 0 and inode.opens == 0:
+            del self.inodes[inode.ino]
+            if inode.data is not None:
+                self.store.release(inode.data)
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        inode = self.inodes.get(ino)
+        if inode is not None:
+            inode.lookups = max(0, inode.lookups - nlookup)
+            self._maybe_free(inode)
+
+    def remember(self, inode: Inode) -> Inode:
+        """Count one kernel lookup of ``inode`` and return it."""
+        inode.lookups += 1
+        return inode
+
+    def open(self, ino: int) -> Inode:
+        inode = self.get(ino)
+        inode.opens += 1
+        return inode
+
+    def close(self, inode: Inode) -> None:
+        inode.opens -= 1
+        self._maybe_free(inode)
+
+    def metadata_bytes(self) -> int:
+        """Python memory held by inodes, directory entries and chunk maps (an estimate:
+        container sizes are exact, each chunk entry and name is counted at its size)."""
+        total = sys.getsizeof(self.inodes)
+        for inode in self.inodes.values():
+            total += sys.getsizeof(inode)
+            if inode.data is not None:
+                entries = inode.data.entries
+                total += sys.getsizeof(inode.data) + sys.getsizeof(entries) + len(entries) * _INT_BYTES
+            elif inode.directory is not None:
+                d = inode.directory
+                total += (sys.getsizeof(d) + sys.getsizeof(d.children) + sys.getsizeof(d.cookie_of)
+                          + sys.getsizeof(d.name_of) + sys.getsizeof(d.cookies)
+                          + sum(sys.getsizeof(name) + 2 * _INT_BYTES for name in d.children))
+            elif inode.target is not None:
+                total += sys.getsizeof(inode.target)
+            if inode.xattrs:
+                total += sys.getsizeof(inode.xattrs) + sum(
+                    sys.getsizeof(k) + sys.getsizeof(v) for k, v in inode.xattrs.items())
+        return total
+
+    def stats(self) -> TreeStats:
+        files = dirs = links = 0
+        for inode in self.inodes.values():
+            fmt = stat.S_IFMT(inode.mode)
+            if fmt == stat.S_IFREG:
+                files += 1
+            elif fmt == stat.S_IFDIR:
+                dirs += 1
+            elif fmt == stat.S_IFLNK:
+                links += 1
+        total = len(self.inodes)
+        return TreeStats(files, dirs, links, total - files - dirs - links, total)
+
+    # -- names -------------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        """The inode named ``name`` in ``parent`` (``.`` and ``..`` included)."""
+        pdir = self.directory(parent)
+        if name == b".":
+            return pdir
+        if name == b"..":
+            return self.get(pdir.directory.parent)
+        if len(name) > NAME_MAX:
+            raise fs_error(errno.ENAMETOOLONG)
+        try:
+            return self.inodes[pdir.directory.children[name]]
+        except KeyError:
+            raise fs_error(errno.ENOENT) from None
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
+               rdev: int = 0, target: bytes | None = None) -> Inode:
+        """Make a new inode of any type (from ``mode``) and name it."""
+        pdir = self.directory(parent)
+        _check_name(name)
+        if name in pdir.directory.children:
+            raise fs_error(errno.EEXIST)
+        if target is not None and len(target) >= PATH_MAX:
+            raise fs_error(errno.ENAMETOOLONG)
+        if pdir.mode & stat.S_ISGID:
+            gid = pdir.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        inode = self._new_inode(mode, uid, gid)
+        fmt = stat.S_IFMT(mode)
+        if fmt == stat.S_IFDIR:
+            inode.directory = Directory(parent)
+            inode.nlink = 2
+            pdir.nlink += 1
+        else:
+            inode.nlink = 1
+            if fmt == stat.S_IFREG:
+                inode.data = ChunkMap()
+            elif fmt == stat.S_IFLNK:
+                inode.target = target
+                inode.size = len(target or b"")
+            elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+                inode.rdev = rdev
+        pdir.directory.add(name, inode.ino)
+        pdir.mtime_ns = pdir.ctime_ns = inode.ctime_ns
+        return inode
+
+    def link(self, ino: int, parent: int, name: bytes) -> Inode:
+        inode = self.get(ino)
+        pdir = self.directory(parent)
+        _check_name(name)
+        if inode.directory is not None:
+            raise fs_error(errno.EPERM)
+        if name in pdir.directory.children:
+            raise fs_error(errno.EEXIST)
+        pdir.directory.add(name, ino)
+        inode.nlink += 1
+        now = time.time_ns()
+        inode.ctime_ns = pdir.mtime_ns = pdir.ctime_ns = now
+        return inode
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        pdir = self.directory(parent)
+        inode = self.lookup(parent, name)
+        if inode.directory is not None:
+            raise fs_error(errno.EISDIR)
+        pdir.directory.remove(name)
+        self._unname(pdir, inode)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        pdir = self.directory(parent)
+        if name == b".":
+            raise fs_error(errno.EINVAL)
+        if name == b"..":
+            raise fs_error(errno.ENOTEMPTY)
+        inode = self.lookup(parent, name)
+        if inode.directory is None:
+            raise fs_error(errno.ENOTDIR)
+        if inode.directory.children:
+            raise fs_error(errno.ENOTEMPTY)
+        pdir.directory.remove(name)
+        self._unname(pdir, inode)
+
+    def _unname(self, pdir: Inode, inode: Inode) -> None:
+        """Account for one name of ``inode`` in ``pdir`` having gone."""
+        now = time.time_ns()
+        pdir.mtime_ns = pdir.ctime_ns = inode.ctime_ns = now
+        if inode.directory is not None:
+            inode.nlink = 0
+            pdir.nlink -= 1
+        else:
+            inode.nlink -= 1
+        self._maybe_free(inode)
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               flags: int = 0) -> None:
+        """rename(2)/renameat2(2) with RENAME_NOREPLACE and RENAME_EXCHANGE."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise fs_error(errno.EINVAL)
+        src_dir = self.directory(old_parent)
+        dst_dir = self.directory(new_parent)
+        _check_name(new_name)
+        moved = self.lookup(old_parent, old_name)
+        if old_name in (b".", b".."):
+            raise fs_error(errno.EBUSY)
+        target_ino = dst_dir.directory.children.get(new_name)
+        target = self.inodes[target_ino] if target_ino is not None else None
+        if flags & RENAME_EXCHANGE:
+            if target is None:
+                raise fs_error(errno.ENOENT)
+        elif target is not None and flags & RENAME_NOREPLACE:
+            raise fs_error(errno.EEXIST)
+        if moved.directory is not None:
+            self._check_not_ancestor(moved, dst_dir)
+        if target is not None and target.directory is not None and flags & RENAME_EXCHANGE:
+            self._check_not_ancestor(target, src_dir)
+        if target is moved:
+            return
+        now = time.time_ns()
+        if flags & RENAME_EXCHANGE:
+            src_dir.directory.replace(old_name, target.ino)
+            dst_dir.directory.replace(new_name, moved.ino)
+            self._reparent(target, src_dir, dst_dir)
+            self._reparent(moved, dst_dir, src_dir)
+            target.ctime_ns = now
+        else:
+            if target is not None:
+                if moved.directory is not None and target.directory is None:
+                    raise fs_error(errno.ENOTDIR)
+                if moved.directory is None and target.directory is not None:
+                    raise fs_error(errno.EISDIR)
+                if target.directory is not None and target.directory.children:
+                    raise fs_error(errno.ENOTEMPTY)
+                dst_dir.directory.remove(new_name)
+                self._unname(dst_dir, target)
+            src_dir.directory.remove(old_name)
+            dst_dir.directory.add(new_name, moved.ino)
+            self._reparent(moved, dst_dir, src_dir)
+        moved.ctime_ns = now
+        src_dir.mtime_ns = src_dir.ctime_ns = dst_dir.mtime_ns = dst_dir.ctime_ns = now
+
+    def _check_not_ancestor(self, directory: Inode, of: Inode) -> None:
+        """EINVAL if ``directory`` is ``of`` or one of its ancestors."""
+        ino = of.ino
+        while True:
+            if ino == directory.ino:
+                raise fs_error(errno.EINVAL, "directory moved into itself")
+            if ino == ROOT_INODE:
+                return
+            ino = self.inodes[ino].directory.parent
+
+    @staticmethod
+    def _reparent(inode: Inode, new_parent: Inode, old_parent: Inode) -> None:
+        if inode.directory is not None and new_parent is not old_parent:
+            inode.directory.parent = new_parent.ino
+            new_parent.nlink += 1
+            old_parent.nlink -= 1
+
+    # -- attributes --------------------------------------------------------------------
+
+    async def set_size(self, inode: Inode, size: int) -> None:
+        if inode.directory is not None:
+            raise fs_error(errno.EISDIR)
+        if inode.data is None:
+            raise fs_error(errno.EINVAL)
+        if size < inode.size:
+            await self.store.truncate(inode.data, size)
+        inode.size = size
+        inode.mtime_ns = inode.ctime_ns = time.time_ns()
+
+    @staticmethod
+    def set_attributes(inode: Inode, mode: int | None = None, uid: int | None = None,
+                       gid: int | None = None, atime_ns: int | None = None,
+                       mtime_ns: int | None = None, ctime_ns: int | None = None) -> None:
+        """chmod/chown/utimes: change what is given; ctime becomes now unless given."""
+        if mode is not None:
+            inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            inode.uid = uid
+        if gid is not None:
+            inode.gid = gid
+        if atime_ns is not None:
+            inode.atime_ns = atime_ns
+        if mtime_ns is not None:
+            inode.mtime_ns = mtime_ns
+        inode.ctime_ns = ctime_ns if ctime_ns is not None else time.time_ns()
+
+    # -- data --------------------------------------------------------------------------
+
+    def read(self, inode: Inode, offset: int, length: int) -> bytes:
+        length = min(length, inode.size - offset)
+        if length <= 0:
+            return b""
+        data = self.store.read(inode.data, offset, length)
+        self._touch_atime(inode)
+        return data
+
+    def _touch_atime(self, inode: Inode) -> None:
+        """relatime: update atime if it is not newer than mtime/ctime or a day old."""
+        if not self.update_atime:
+            return
+        atime = inode.atime_ns
+        now = time.time_ns()
+        if (atime <= inode.mtime_ns or atime <= inode.ctime_ns
+                or now - atime >= _RELATIME_SECONDS * 1_000_000_000):
+            inode.atime_ns = now
+
+    async def write(self, inode: Inode, offset: int, data: bytes) -> int:
+        written = await self.store.write(inode.data, offset, data)
+        if offset + written > inode.size:
+            inode.size = offset + written
+        inode.mtime_ns = inode.ctime_ns = time.time_ns()
+        return written
+
+    def list_dir(self, inode: Inode, after: int) -> Iterator[tuple[bytes, Inode, int]]:
+        """(name, inode, cookie) after cookie ``after``, ``.`` and ``..`` first."""
+        if after < 1:
+            yield b".", inode, 1
+        if after < 2:
+            yield b"..", self.get(inode.directory.parent), 2
+        for name, ino, cookie in inode.directory.entries_after(after):
+            yield name, self.inodes[ino], cookie
+        self._touch_atime(inode)
+
+    # -- extended attributes -------------------------------------------------------------
+
+    @staticmethod
+    def _check_xattr_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise fs_error(errno.ERANGE)
+        if not name.startswith(XATTR_NAMESPACES) or name in XATTR_NAMESPACES:
+            raise fs_error(errno.EOPNOTSUPP)
+
+    def get_xattr(self, inode: Inode, name: bytes) -> bytes:
+        self._check_xattr_name(name)
+        try:
+            return inode.xattrs[name]  # type: ignore[index]
+        except (KeyError, TypeError):
+            raise fs_error(errno.ENODATA) from None
+
+    def set_xattr(self, inode: Inode, name: bytes, value: bytes) -> None:
+        self._check_xattr_name(name)
+        if len(value) > XATTR_SIZE_MAX:
+            raise fs_error(errno.E2BIG)
+        if inode.xattrs is None:
+            inode.xattrs = {}
+        inode.xattrs[name] = value
+        inode.ctime_ns = time.time_ns()
+
+    def remove_xattr(self, inode: Inode, name: bytes) -> None:
+        self._check_xattr_name(name)
+        if not inode.xattrs or name not in inode.xattrs:
+            raise fs_error(errno.ENODATA)
+        del inode.xattrs[name]
+        inode.ctime_ns = time.time_ns()
+
+    @staticmethod
+    def list_xattrs(inode: Inode) -> list[bytes]:
+        return list(inode.xattrs or ())
