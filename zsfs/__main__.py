@@ -1,5 +1,5 @@
 """Lets ``python -m zsfs`` run the zsfs command."""
 
-from zsfs.cli import main
+from .cli import main
 
 raise SystemExit(main())

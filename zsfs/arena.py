@@ -64,6 +64,11 @@ class Arena:
         self._released: list[int] = []  # free, already given back to the kernel
         self._unreleased: list[int] = []  # free, still resident
 
+    @property
+    def pages_free(self) -> int:
+        """Pages that can still be handed out."""
+        return self.capacity_pages - self.pages_used
+
     def alloc_page(self) -> int:
         """Return the number of a free page (contents undefined)."""
         if self._unreleased:

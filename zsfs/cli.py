@@ -27,7 +27,7 @@ from typing import Callable, NoReturn, Protocol
 import pyfuse3
 import trio
 
-from zsfs.options import MountOptions, OptionError, parse_options
+from .options import MountOptions, OptionError, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         level = logging.DEBUG if args.debug else logging.INFO
         logging.basicConfig(level=level, format=_LOG_FORMAT)
     # Imported only now, so that usage errors never depend on the filesystem code.
-    from zsfs.operations import build_operations
+    from .operations import build_operations
 
     ops = build_operations(opts)
     failure = _mount(ops, mountpoint, opts)

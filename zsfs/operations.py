@@ -295,7 +295,12 @@ class Operations(pyfuse3.Operations):
         if self.control.owns(inode):
             content = b"" if flags & os.O_ACCMODE == os.O_WRONLY else self.control.render(inode)
             return FileInfo(fh=self._new_fh(_ControlHandle(inode, content)), direct_io=True)
-        return FileInfo(fh=self._new_fh(self.tree.open(inode)))
+        node = self.tree.open(inode)
+        if flags & os.O_TRUNC and node.data is not None:
+            # libfuse negotiates atomic O_TRUNC, so truncation is ours to do.
+            await self.tree.set_size(node, 0)
+            self.compactor.kick()
+        return FileInfo(fh=self._new_fh(node))
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,

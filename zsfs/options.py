@@ -13,6 +13,8 @@ Conventions:
   ``mem_limit=0`` means no limit (as in zram).
 * Sizes take k/m/g/t suffixes in either case (1024-based); ``size`` and
   ``mem_limit`` also take ``N%`` of physical RAM and are rounded up to 4 KiB.
+* ``uid=`` and ``gid=`` take a number or a name; ``level=0`` is refused, since
+  zstd would read it as its default level 3.
 * Options that only matter to mount(8) itself (``defaults``, ``noauto``,
   ``nofail``, ``x-*``, ...) are accepted and ignored.
 * Flags are passed to libfuse, except ``relatime``, which libfuse 3.14 rejects
@@ -31,7 +33,7 @@ import os
 import pwd
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 _PAGE = 4096
 _NO_ID = 2**32 - 1  # (uid_t)-1 means "unchanged" to chown(2), so it owns nothing
@@ -173,7 +175,7 @@ def _subtype(value: str) -> str:
     return value
 
 
-_PARSERS: dict[str, Callable[[str], int | float | str]] = {
+_PARSERS: dict[str, Callable[[str], int | float]] = {
     "size": _bytes,
     "nr_inodes": _scaled,
     "mode": _mode,
@@ -184,22 +186,34 @@ _PARSERS: dict[str, Callable[[str], int | float | str]] = {
     "level": _level,
     "compact_threshold": _fraction,
     "compact_interval": _seconds,
-    "fsname": _fsname,
-    "subtype": _subtype,
 }
+_NAMES: dict[str, Callable[[str], str]] = {"fsname": _fsname, "subtype": _subtype}
+
+_T = TypeVar("_T")
+
+
+def _checked(parse: Callable[[str], _T], name: str, value: str) -> _T:
+    try:
+        return parse(value)
+    except ValueError as e:
+        hint = f" ({e})" if str(e) else ""
+        raise OptionError(f"bad value for {name}: {value!r}{hint}") from None
+
+
+def parse_value(name: str, value: str) -> int | float:
+    """Parse the value of one MountOptions field, as written after ``name=``.
+
+    The control files take their values (mem_limit, ...) in the same syntax.
+    Raises OptionError for an unknown name or a malformed value.
+    """
+    if name not in _PARSERS:
+        raise OptionError(f"unknown option {name!r}")
+    return _checked(_PARSERS[name], name, value)
 
 
 def _items(opts: str | list[str]) -> list[str]:
     chunks = [opts] if isinstance(opts, str) else opts
     return [item for chunk in chunks for item in chunk.split(",") if item]
-
-
-def _value(name: str, value: str) -> int | float | str:
-    try:
-        return _PARSERS[name](value)
-    except ValueError as e:
-        hint = f" ({e})" if str(e) else ""
-        raise OptionError(f"bad value for {name}: {value!r}{hint}") from None
 
 
 def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
@@ -220,9 +234,8 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
         "level": 1,
         "compact_threshold": 0.9,
         "compact_interval": 5.0,
-        "fsname": source or "zsfs",
-        "subtype": "zsfs",
     }
+    names = {"fsname": source or "zsfs", "subtype": "zsfs"}
     flags: dict[str, str] = {}
     for item in _items(opts):
         name, has_value, value = item.partition("=")
@@ -232,22 +245,15 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
             if has_value:
                 raise OptionError(f"option {name!r} takes no value")
             flags[_FLAGS[name]] = name
-        elif name in _PARSERS:
-            if not has_value:
-                raise OptionError(f"option {name!r} needs a value")
-            values[name] = _value(name, value)
-        else:
+            continue
+        if name not in _PARSERS and name not in _NAMES:
             raise OptionError(f"unknown option {name!r}")
-    fuse = ("default_permissions", f"subtype={values.pop('subtype')}",
-            f"fsname={values.pop('fsname')}",
+        if not has_value:
+            raise OptionError(f"option {name!r} needs a value")
+        if name in _NAMES:
+            names[name] = _checked(_NAMES[name], name, value)
+        else:
+            values[name] = parse_value(name, value)
+    fuse = ("default_permissions", f"subtype={names['subtype']}", f"fsname={names['fsname']}",
             *(flag for flag in flags.values() if flag not in _NOT_PASSED))
     return MountOptions(**values, fuse_options=fuse)
-
-
-def parse_value(name: str, value: str) -> int | float:
-    """Parse one option's value; the control files take the same syntax."""
-    try:
-        return _PARSERS[name](value)
-    except ValueError as e:
-        hint = f" ({e})" if str(e) else ""
-        raise OptionError(f"bad value for {name}: {value!r}{hint}") from None

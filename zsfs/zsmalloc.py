@@ -45,7 +45,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
-from .arena import PAGE_SHIFT, PAGE_SIZE, Arena, ArenaFull
+from .arena import PAGE_SHIFT, PAGE_SIZE, Arena
 
 HANDLE_SIZE = 4
 ZS_MIN_ALLOC_SIZE = 32
@@ -324,14 +324,9 @@ class Pool:
         npages = cls.pages_per_zspage
         if self.mem_limit and (self.pages_used + npages) * PAGE_SIZE > self.mem_limit:
             raise PoolFull(f"pool would exceed mem_limit of {self.mem_limit} bytes")
-        pages = array("I")
-        try:
-            for _ in range(npages):
-                pages.append(self.arena.alloc_page())
-        except ArenaFull as e:
-            for page in pages:
-                self.arena.free_page(page)
-            raise PoolFull(str(e)) from None
+        if self.arena.pages_free < npages:
+            raise PoolFull(f"arena of {self.arena.capacity_pages} pages is exhausted")
+        pages = array("I", [self.arena.alloc_page() for _ in range(npages)])
         if self._free_zspage_ids:
             zspage_id = self._free_zspage_ids.pop()
             zspage = self._zspages[zspage_id] = ZsPage(zspage_id, cls, pages)
@@ -364,7 +359,13 @@ class Pool:
             groups[group].add(zspage)
             zspage.fullness = group
             # malloc's cached zspage must stay the fullest one with room.
-            if zspage is cls.current and group < old and any(groups[group + 1:_FULL]):
+            current = cls.current
+            if current is None:
+                return
+            if zspage is current:
+                if group < old and any(groups[group + 1:_FULL]):
+                    cls.current = None
+            elif current.fullness < group < _FULL:
                 cls.current = None
 
     # -- access -------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""zsfs: a compressed RAM filesystem (FUSE), with a zsmalloc-style allocator."""
