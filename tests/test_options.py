@@ -41,7 +41,7 @@ def test_defaults():
     o = parse_options("")
     assert o == MountOptions(
         size=round_up(RAM // 2), nr_inodes=RAM // 8192, mode=0o1777,
-        uid=os.getuid(), gid=os.getgid(), mem_limit=0, chunk_size=65536, level=1,
+        uid=os.getuid(), gid=os.getgid(), mem_limit=0, chunk_size=16384, level=1,
         compact_threshold=0.9, compact_interval=5.0, fuse_options=BASE_FUSE,
     )
 

@@ -230,7 +230,7 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
         "uid": os.getuid(),
         "gid": os.getgid(),
         "mem_limit": 0,
-        "chunk_size": 65536,
+        "chunk_size": 16384,
         "level": 1,
         "compact_threshold": 0.9,
         "compact_interval": 5.0,
