@@ -32,3 +32,18 @@ bench-alloc: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# `make bench`: zsfs, tmpfs and ext4 on zram side by side (tools/bench, issue 5). Builds the
+# deterministic corpus once; pass more options with BENCH_ARGS="--repeat 1 --only zsfs,zram".
+CORPUS     ?= /tmp/zsfs-corpus
+BENCH_ARGS ?=
+.PHONY: bench
+bench: setup
+	@for t in fio mkfs.ext4; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio e2fsprogs; \
+	fi
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]' || \
+		echo "matplotlib unavailable: tools/bench will skip the plot"
+	test -d $(CORPUS)/corpus || ../shared/bench/make_corpus.sh $(CORPUS)
+	$(PY) tools/bench $(CORPUS)/corpus --out bench-results $(BENCH_ARGS)

@@ -32,7 +32,7 @@ from typing import Awaitable, Callable, Sequence
 
 import trio
 
-from .codec import Codec, Encoding, fill_bytes
+from .codec import FILL_WORD, Codec, Encoding, fill_bytes
 from .zsmalloc import Pool, PoolFull
 
 _LEN_SHIFT = 2
@@ -41,12 +41,21 @@ _LEN_MASK = (1 << 17) - 1
 _KIND_MASK = 3
 
 
+def _fill_cost(word: int) -> int:
+    """Bytes a fill entry counts in ``stored_bytes``: its word, unless it is zero.
+
+    A file of, say, 0xab bytes must not show zero blocks: archivers (``tar -S``)
+    take a non-empty file with ``st_blocks == 0`` for one big hole and skip reading it.
+    """
+    return FILL_WORD if word else 0
+
+
 class NoSpace(Exception):
     """The write would pass the logical capacity (``size=``) or the memory limit."""
 
 
 class ChunkMap:
-    """The chunks of one file: chunk index -> entry, and the pool bytes they hold."""
+    """The chunks of one file: chunk index -> entry, and the bytes of RAM they hold."""
 
     __slots__ = ("entries", "stored_bytes")
 
@@ -241,7 +250,7 @@ class ChunkStore:
             raise NoSpace("file system full (size=)")
         if kind == Encoding.FILL:
             value = payload
-            stored = 0
+            stored = _fill_cost(value)
         else:
             value = self._store(payload)
             stored = len(payload)
@@ -269,6 +278,7 @@ class ChunkStore:
         self.chunks -= 1
         if kind == Encoding.FILL:
             self.same_chunks -= 1
+            cmap.stored_bytes -= _fill_cost(entry >> _PAYLOAD_SHIFT)
             return
         handle = entry >> _PAYLOAD_SHIFT
         cmap.stored_bytes -= self.pool.size(handle)

@@ -122,7 +122,7 @@ class Operations(pyfuse3.Operations):
         a = EntryAttributes()
         a.st_ino = inode.ino
         a.st_mode = inode.mode
-        a.st_nlink = inode.nlink
+        a.st_nlink = inode.nlink + (inode.ino == ROOT_INODE)   # .zsfs is a subdirectory
         a.st_uid = inode.uid
         a.st_gid = inode.gid
         a.st_rdev = inode.rdev
