@@ -19,16 +19,18 @@ were; a write that fails part-way reports the bytes it stored before the failure
 When the pool is full but compaction could free pages, the store compacts once
 and retries before giving up (zram's reason for compaction in the first place).
 
-Concurrency: the store runs on the trio thread. Multi-chunk writes compress in
-two worker threads; between gathering the old contents and committing the new
-objects there is an ``await``, so writes and truncates are serialized by one lock
-(reads are not: a read sees the file either before or after each chunk commits).
+Concurrency: the store runs on the trio thread. Large writes compress in jobs on
+two worker threads (zstd releases the GIL) while the trio thread commits finished
+jobs in order, so compression and allocation overlap. Between gathering the old
+contents and committing the new objects there are ``await``s, so writes and
+truncates are serialized by one lock (reads are not: a read sees each chunk either
+before or after it commits).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable
 
 import trio
 
@@ -39,6 +41,8 @@ _LEN_SHIFT = 2
 _PAYLOAD_SHIFT = 19
 _LEN_MASK = (1 << 17) - 1
 _KIND_MASK = 3
+INLINE_ENCODE_BYTES = 256 * 1024   # smaller writes compress on the trio thread
+ENCODE_GROUP_BYTES = 512 * 1024    # larger ones in jobs of this size on two threads
 
 
 def _fill_cost(word: int) -> int:
@@ -108,6 +112,7 @@ class ChunkStore:
         self.huge_chunks = 0
         self.huge_chunks_since = 0
         self._write_lock = trio.Lock()
+        self._encoders = trio.CapacityLimiter(2)
 
     def stats(self) -> StoreStats:
         return StoreStats(self.orig_bytes, self.chunks, self.same_chunks, self.huge_chunks,
@@ -164,20 +169,66 @@ class ChunkStore:
         """
         async with self._write_lock:
             pieces = self._new_contents(cmap, offset, memoryview(data).cast("B"))
-            if len(pieces) > 1:
-                encoded = await self._encode_in_threads([content for _, content in pieces])
-            else:
-                encoded = [self.codec.encode(pieces[0][1])]
-            written = 0
-            for (idx, content), (kind, payload) in zip(pieces, encoded):
-                try:
-                    await self._commit_making_room(cmap, idx, len(content), kind, payload)
-                except NoSpace:
-                    if written:
+            groups = self._encode_groups(pieces)
+            if len(groups) == 1:
+                return await self._commit_group(cmap, offset, len(data), pieces,
+                                                [self.codec.encode(c) for _, c in pieces], 0)
+            results: list[list] = [[] for _ in groups]
+            done = [trio.Event() for _ in groups]
+            written = expected = 0
+            failure: NoSpace | None = None
+            async with trio.open_nursery() as nursery:
+                for i, group in enumerate(groups):
+                    nursery.start_soon(self._encode_group, group, results, done, i)
+                for i, group in enumerate(groups):
+                    await done[i].wait()
+                    expected += sum(self._covered(offset, len(data), idx) for idx, _ in group)
+                    try:
+                        written = await self._commit_group(cmap, offset, len(data), group,
+                                                           results[i], written)
+                    except NoSpace as e:
+                        failure = e
+                    if failure is not None or written < expected:
+                        nursery.cancel_scope.cancel()
                         break
-                    raise
-                written += self._covered(offset, len(data), idx)
+            if failure is not None:
+                raise failure
             return written
+
+    def _encode_groups(self, pieces: list) -> list[list]:
+        """Split a write into thread jobs; one group means: encode inline.
+
+        Handing work to a thread costs tens of microseconds each way, more than
+        compressing a few chunks, so small writes stay on the trio thread.
+        """
+        total = sum(len(content) for _, content in pieces)
+        if total < INLINE_ENCODE_BYTES:
+            return [pieces]
+        per_group = max(1, ENCODE_GROUP_BYTES // self.chunk_size)
+        return [pieces[i:i + per_group] for i in range(0, len(pieces), per_group)]
+
+    async def _encode_group(self, group: list, results: list[list], done: list[trio.Event],
+                            i: int) -> None:
+        contents = [content for _, content in group]
+        results[i] = await trio.to_thread.run_sync(
+            lambda: [self.codec.encode(c) for c in contents], limiter=self._encoders)
+        done[i].set()
+
+    async def _commit_group(self, cmap: ChunkMap, offset: int, length: int, group: list,
+                            encoded: list, written: int) -> int:
+        """Commit encoded chunks in order; return the running count of bytes stored.
+
+        Raises NoSpace only when nothing at all was stored.
+        """
+        for (idx, content), (kind, payload) in zip(group, encoded):
+            try:
+                await self._commit_making_room(cmap, idx, len(content), kind, payload)
+            except NoSpace:
+                if written:
+                    return written
+                raise
+            written += self._covered(offset, length, idx)
+        return written
 
     async def _commit_making_room(self, cmap: ChunkMap, idx: int, length: int,
                                   kind: Encoding, payload: int | bytes | memoryview) -> None:
@@ -222,21 +273,6 @@ class ChunkStore:
             pieces.append((idx, content))
             pos += n
         return pieces
-
-    async def _encode_in_threads(self, contents: Sequence[memoryview | bytearray]
-                                 ) -> list[tuple[Encoding, int | bytes | memoryview]]:
-        """Encode on two worker threads (zstd releases the GIL), keeping the order."""
-        half = (len(contents) + 1) // 2
-        results: list[list] = [[], []]
-
-        async def encode(slot: int, part: Sequence) -> None:
-            results[slot] = await trio.to_thread.run_sync(
-                lambda: [self.codec.encode(c) for c in part])
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(encode, 0, contents[:half])
-            nursery.start_soon(encode, 1, contents[half:])
-        return results[0] + results[1]
 
     def _commit(self, cmap: ChunkMap, idx: int, length: int, kind: Encoding,
                 payload: int | bytes | memoryview) -> None:
