@@ -654,7 +654,7 @@ def test_mem_used_max(mount):
 
 def test_compact_threshold_and_interval(mount):
     m = mount()
-    assert float(read_ctl(m, "compact_threshold")) == 0.9
+    assert float(read_ctl(m, "compact_threshold")) == 0.95
     assert float(read_ctl(m, "compact_interval")) == 5
     for value, expect in (("0.5", 0.5), ("0", 0.0), ("1", 1.0), ("75%", 0.75), (".25", 0.25)):
         write_ctl(m, "compact_threshold", value + "\n")
@@ -789,7 +789,7 @@ def test_non_owner_reads_but_cannot_write(mount, as_nobody, run_as_nobody):
     assert e.value.errno in (errno.EPERM, errno.EACCES)
     assert read_ctl(m, "mem_limit") == "0\n"
     assert stats(m)["compactions_manual"] == 0
-    assert float(read_ctl(m, "compact_threshold")) == 0.9
+    assert float(read_ctl(m, "compact_threshold")) == 0.95
     # the owner (root, who mounted) still writes
     write_ctl(m, "mem_limit", "1M")
     assert read_ctl(m, "mem_limit") == f"{MiB}\n"
@@ -814,7 +814,7 @@ def test_control_files_do_not_count_in_df(mount):
         read_ctl(m, name)
     write_ctl(m, "mem_limit", "0")
     write_ctl(m, "mem_used_max", "0")
-    write_ctl(m, "compact_threshold", "0.9")
+    write_ctl(m, "compact_threshold", "0.95")
     write_ctl(m, "compact_interval", "5")
     write_ctl(m, "compact", "1")   # nothing to compact in this pool
     for name in CONTROL_FILES:
@@ -887,7 +887,7 @@ def test_background_compaction_scenario(mount):
 
     The background task is paused (compact_threshold=0) only while the half is being
     deleted, so that the fall can be observed before the task reacts, then given back
-    its default threshold (0.9)."""
+    its default threshold (0.95)."""
     m = mount("compact_interval=1")
     t0 = time.monotonic()
     hashes = write_real_files(m / "data", FILES, seed=1)
@@ -903,7 +903,7 @@ def test_background_compaction_scenario(mount):
     assert s_del["frag_ratio"] < s_full["frag_ratio"] - 5, (s_full["frag_ratio"],
                                                                s_del["frag_ratio"])
 
-    write_ctl(m, "compact_threshold", "0.9")
+    write_ctl(m, "compact_threshold", "0.95")
     t1 = time.monotonic()
 
     def settled():

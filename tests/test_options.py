@@ -42,7 +42,7 @@ def test_defaults():
     assert o == MountOptions(
         size=round_up(RAM // 2), nr_inodes=RAM // 8192, mode=0o1777,
         uid=os.getuid(), gid=os.getgid(), mem_limit=0, chunk_size=16384, level=1,
-        compact_threshold=0.9, compact_interval=5.0, fuse_options=BASE_FUSE,
+        compact_threshold=0.95, compact_interval=5.0, fuse_options=BASE_FUSE,
     )
 
 

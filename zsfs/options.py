@@ -79,7 +79,7 @@ class MountOptions:
     mem_limit: int  # bytes of RAM for compressed data, 0 = no limit (default)
     chunk_size: int  # a power of two, 4 KiB..64 KiB; default 64 KiB
     level: int  # zstd level, -7..-1 or 1..22; default 1
-    compact_threshold: float  # fraction 0..1; default 0.9
+    compact_threshold: float  # fraction 0..1; default 0.95
     compact_interval: float  # seconds > 0; default 5
     fuse_options: tuple[str, ...]  # for pyfuse3.init
 
@@ -232,7 +232,7 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
         "mem_limit": 0,
         "chunk_size": 16384,
         "level": 1,
-        "compact_threshold": 0.9,
+        "compact_threshold": 0.95,
         "compact_interval": 5.0,
     }
     names = {"fsname": source or "zsfs", "subtype": "zsfs"}
