@@ -7,15 +7,9 @@ import gc
 import pytest
 
 from zsfs.arena import PAGE_SIZE, Arena, ArenaFull, physical_memory
+from zsfs.control import process_rss as vm_rss
 
 
-def vm_rss() -> int:
-    """The process's resident set size in bytes (VmRSS of /proc/self/status)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 def page(arena: Arena, p: int) -> memoryview:

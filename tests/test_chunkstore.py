@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from zsfs.chunkstore import ENCODE_GROUP_BYTES, INLINE_ENCODE_BYTES, ChunkMap, ChunkStore, NoSpace
+from zsfs.chunkstore import ChunkMap, ChunkStore, NoSpace
 from zsfs.zsmalloc import Pool
 
 CHUNK = 16384
@@ -49,15 +49,16 @@ async def test_random_writes_match_a_model():
     assert read_all(store, cmap, len(model)) == model
 
 
-@pytest.mark.parametrize("size", [INLINE_ENCODE_BYTES - 1, INLINE_ENCODE_BYTES,
-                                  3 * ENCODE_GROUP_BYTES + 12345])
-async def test_large_writes_compressed_in_threads_keep_their_order(size):
+@pytest.mark.parametrize("size", [CHUNK - 1, 2 * CHUNK, 64 * CHUNK + 12345])
+async def test_multi_chunk_writes_and_reads_keep_their_order(size):
     store = make_store()
     cmap = ChunkMap()
     data = text(size, seed=3)
     assert await store.write(cmap, 100, data) == size
     assert store.read(cmap, 100, size) == data
     assert store.read(cmap, 0, 100) == bytes(100)
+    await store.truncate(cmap, 100 + size // 2)         # trimmed chunks read as zeros
+    assert store.read(cmap, 0, size + 100) == bytes(100) + data[:size // 2] + bytes(size - size // 2)
 
 
 async def test_same_filled_and_incompressible_chunks():

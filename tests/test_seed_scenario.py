@@ -14,6 +14,7 @@ import random
 import time
 
 from zsfs.arena import PAGE_SIZE
+from zsfs.control import process_rss as vm_rss
 from zsfs.zsmalloc import Pool
 
 N_OBJECTS = 240_000        # about 500 MB of objects before the free
@@ -23,12 +24,6 @@ SEED = 20150101
 SOURCE_LEN = 1 << 21
 
 
-def vm_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 def make_source(r: random.Random) -> bytes:

@@ -19,12 +19,11 @@ were; a write that fails part-way reports the bytes it stored before the failure
 When the pool is full but compaction could free pages, the store compacts once
 and retries before giving up (zram's reason for compaction in the first place).
 
-Concurrency: the store runs on the trio thread. Large writes compress in jobs on
-two worker threads (zstd releases the GIL) while the trio thread commits finished
-jobs in order, so compression and allocation overlap. Between gathering the old
-contents and committing the new objects there are ``await``s, so writes and
-truncates are serialized by one lock (reads are not: a read sees each chunk either
-before or after it commits).
+Concurrency: the store runs on the trio thread; a request spanning several chunks
+has zstd (de)compress them on two native threads in one call (codec.py). A write
+may ``await`` a compaction between gathering old contents and committing new
+objects, so writes and truncates are serialized by one lock (reads are not: a read
+sees each chunk either before or after it commits).
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ _LEN_SHIFT = 2
 _PAYLOAD_SHIFT = 19
 _LEN_MASK = (1 << 17) - 1
 _KIND_MASK = 3
-INLINE_ENCODE_BYTES = 256 * 1024   # smaller writes compress on the trio thread
-ENCODE_GROUP_BYTES = 512 * 1024    # larger ones in jobs of this size on two threads
 
 
 def _fill_cost(word: int) -> int:
@@ -112,7 +109,6 @@ class ChunkStore:
         self.huge_chunks = 0
         self.huge_chunks_since = 0
         self._write_lock = trio.Lock()
-        self._encoders = trio.CapacityLimiter(2)
 
     def stats(self) -> StoreStats:
         return StoreStats(self.orig_bytes, self.chunks, self.same_chunks, self.huge_chunks,
@@ -146,17 +142,29 @@ class ChunkStore:
             piece = bytes(content[in_chunk:in_chunk + length])
             return piece + bytes(length - len(piece)) if len(piece) < length else piece
         out = bytearray(length)
+        compressed = []   # (position in out, offset in chunk, bytes wanted, entry)
         pos = 0
         idx = first
         while pos < length:
             n = min(cs - in_chunk, length - pos)
             entry = entries.get(idx)
-            if entry is not None:
+            if entry is None:
+                pass
+            elif entry & _KIND_MASK == Encoding.ZSTD:
+                compressed.append((pos, in_chunk, n, entry))
+            else:
                 piece = self._content(entry)[in_chunk:in_chunk + n]
                 out[pos:pos + len(piece)] = piece
             pos += n
             in_chunk = 0
             idx += 1
+        if compressed:
+            frames = [self.pool.read(entry >> _PAYLOAD_SHIFT) for *_, entry in compressed]
+            for (pos, in_chunk, n, entry), content in zip(compressed,
+                                                          self.codec.decompress_many(frames)):
+                end = min(in_chunk + n, (entry >> _LEN_SHIFT) & _LEN_MASK)
+                if end > in_chunk:
+                    out[pos:pos + end - in_chunk] = memoryview(content)[in_chunk:end]
         return bytes(out)
 
     # -- writing ------------------------------------------------------------------
@@ -169,66 +177,17 @@ class ChunkStore:
         """
         async with self._write_lock:
             pieces = self._new_contents(cmap, offset, memoryview(data).cast("B"))
-            groups = self._encode_groups(pieces)
-            if len(groups) == 1:
-                return await self._commit_group(cmap, offset, len(data), pieces,
-                                                [self.codec.encode(c) for _, c in pieces], 0)
-            results: list[list] = [[] for _ in groups]
-            done = [trio.Event() for _ in groups]
-            written = expected = 0
-            failure: NoSpace | None = None
-            async with trio.open_nursery() as nursery:
-                for i, group in enumerate(groups):
-                    nursery.start_soon(self._encode_group, group, results, done, i)
-                for i, group in enumerate(groups):
-                    await done[i].wait()
-                    expected += sum(self._covered(offset, len(data), idx) for idx, _ in group)
-                    try:
-                        written = await self._commit_group(cmap, offset, len(data), group,
-                                                           results[i], written)
-                    except NoSpace as e:
-                        failure = e
-                    if failure is not None or written < expected:
-                        nursery.cancel_scope.cancel()
+            encoded = self.codec.encode_many([content for _, content in pieces])
+            written = 0
+            for (idx, content), (kind, payload) in zip(pieces, encoded):
+                try:
+                    await self._commit_making_room(cmap, idx, len(content), kind, payload)
+                except NoSpace:
+                    if written:
                         break
-            if failure is not None:
-                raise failure
+                    raise
+                written += self._covered(offset, len(data), idx)
             return written
-
-    def _encode_groups(self, pieces: list) -> list[list]:
-        """Split a write into thread jobs; one group means: encode inline.
-
-        Handing work to a thread costs tens of microseconds each way, more than
-        compressing a few chunks, so small writes stay on the trio thread.
-        """
-        total = sum(len(content) for _, content in pieces)
-        if total < INLINE_ENCODE_BYTES:
-            return [pieces]
-        per_group = max(1, ENCODE_GROUP_BYTES // self.chunk_size)
-        return [pieces[i:i + per_group] for i in range(0, len(pieces), per_group)]
-
-    async def _encode_group(self, group: list, results: list[list], done: list[trio.Event],
-                            i: int) -> None:
-        contents = [content for _, content in group]
-        results[i] = await trio.to_thread.run_sync(
-            lambda: [self.codec.encode(c) for c in contents], limiter=self._encoders)
-        done[i].set()
-
-    async def _commit_group(self, cmap: ChunkMap, offset: int, length: int, group: list,
-                            encoded: list, written: int) -> int:
-        """Commit encoded chunks in order; return the running count of bytes stored.
-
-        Raises NoSpace only when nothing at all was stored.
-        """
-        for (idx, content), (kind, payload) in zip(group, encoded):
-            try:
-                await self._commit_making_room(cmap, idx, len(content), kind, payload)
-            except NoSpace:
-                if written:
-                    return written
-                raise
-            written += self._covered(offset, length, idx)
-        return written
 
     async def _commit_making_room(self, cmap: ChunkMap, idx: int, length: int,
                                   kind: Encoding, payload: int | bytes | memoryview) -> None:
