@@ -15,6 +15,8 @@ copying: at least ``min_freeable_pages`` and 1% of the pool.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
 
@@ -24,6 +26,21 @@ from .arena import PAGE_SIZE
 from .zsmalloc import Pool
 
 log = logging.getLogger(__name__)
+
+try:
+    _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+except (OSError, AttributeError):   # not glibc
+    _malloc_trim = None
+
+
+def release_heap() -> None:
+    """Give the C heap's free memory back to the kernel (glibc's malloc_trim).
+
+    Chunk payloads and request buffers come and go through malloc; without a trim
+    glibc keeps the freed space and RSS stays above what zsfs holds.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 SLICE_BUDGET = 128          # objects moved between two yields to the event loop
 KICK_SETTLE_SECONDS = 0.2   # after a kick, let a burst of frees finish first
@@ -65,6 +82,7 @@ class Compactor:
                 freed += pages
                 await trio.sleep(0)
             self.pool.arena.release()
+            release_heap()
             if manual:
                 self.manual_runs += 1
             else:

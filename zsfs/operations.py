@@ -57,7 +57,8 @@ def handler(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s%r", name, args[:-1] if name in _WITH_CTX else args)
+            shown = args[:-1] if name in _WITH_CTX else args
+            log.debug("%s(%s)", name, ", ".join(_brief(a) for a in shown))
         try:
             return await fn(self, *args)
         except FUSEError:
@@ -74,6 +75,13 @@ def handler(fn: F) -> F:
             raise FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _brief(arg: Any) -> str:
+    """A request argument for the debug log: data buffers by their length only."""
+    if isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) > 64:
+        return f"<{len(arg)} bytes>"
+    return repr(arg)
 
 
 _WITH_CTX = frozenset({

@@ -30,6 +30,7 @@ import os
 import stat
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -54,7 +55,8 @@ def fs_error(code: int, what: str = "") -> OSError:
 class Directory:
     """Entries of a directory: name -> inode number, with stable readdir cookies."""
 
-    __slots__ = ("children", "cookie_of", "name_of", "cookies", "next_cookie", "parent")
+    __slots__ = ("children", "cookie_of", "name_of", "cookies", "next_cookie", "parent",
+                 "name_bytes")
 
     def __init__(self, parent: int) -> None:
         self.children: dict[bytes, int] = {}
@@ -63,17 +65,20 @@ class Directory:
         self.cookies: list[int] = []
         self.next_cookie = FIRST_COOKIE
         self.parent = parent
+        self.name_bytes = 0     # sys.getsizeof of the names, for metadata_bytes
 
     def add(self, name: bytes, ino: int) -> None:
         cookie = self.next_cookie
         self.next_cookie += 1
         self.children[name] = ino
+        self.name_bytes += sys.getsizeof(name)
         self.cookie_of[name] = cookie
         self.name_of[cookie] = name
         self.cookies.append(cookie)
 
     def remove(self, name: bytes) -> int:
         ino = self.children.pop(name)
+        self.name_bytes -= sys.getsizeof(name)
         cookie = self.cookie_of.pop(name)
         del self.name_of[cookie]
         del self.cookies[bisect.bisect_left(self.cookies, cookie)]
@@ -132,6 +137,22 @@ class TreeStats:
     inodes: int
 
 
+def _extra_bytes(inode: Inode) -> int:
+    """Bytes of an inode's symlink target and xattrs (kept in Tree.extra_bytes)."""
+    total = sys.getsizeof(inode.target) if inode.target is not None else 0
+    for name, value in (inode.xattrs or {}).items():
+        total += sys.getsizeof(name) + sys.getsizeof(value)
+    return total
+
+
+# Python sizes of the bookkeeping objects, for metadata_bytes.
+_INODE_BYTES = sys.getsizeof(Inode(0, 0, 0, 0, 0)) + 2 * _INT_BYTES   # + its inodes-dict slot
+_CHUNK_MAP_BYTES = sys.getsizeof(ChunkMap()) + sys.getsizeof({0: 0})
+_CHUNK_ENTRY_BYTES = _INT_BYTES + 24                 # the entry and its share of a dict
+_DIRECTORY_BYTES = sys.getsizeof(Directory(0))
+_NAME_ENTRY_BYTES = _INT_BYTES + 3 * 24 + 8          # cookie, three dict slots, list slot
+
+
 def _check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
         raise fs_error(errno.ENAMETOOLONG)
@@ -156,8 +177,12 @@ class Tree:
         self.update_atime = atime != "noatime"
         self.inodes: dict[int, Inode] = {}
         self._next_ino = ROOT_INODE
+        self._types: Counter[int] = Counter()       # inodes by S_IFMT
+        self._directories: set[int] = set()
+        self.extra_bytes = 0                         # symlink targets and xattrs
         root = self._new_inode(stat.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid)
         root.directory = Directory(ROOT_INODE)
+        self._directories.add(ROOT_INODE)
         root.nlink = 2
         root.lookups = 1  # the kernel never forgets the root
 
@@ -170,6 +195,7 @@ class Tree:
         self._next_ino += 1
         inode = Inode(ino, mode, uid, gid, time.time_ns())
         self.inodes[ino] = inode
+        self._types[stat.S_IFMT(mode)] += 1
         return inode
 
     def get(self, ino: int) -> Inode:
@@ -187,6 +213,9 @@ class Tree:
     def _maybe_free(self, inode: Inode) -> None:
         if inode.nlink == 0 and inode.lookups == 0 and inode.opens == 0:
             del self.inodes[inode.ino]
+            self._types[stat.S_IFMT(inode.mode)] -= 1
+            self._directories.discard(inode.ino)
+            self.extra_bytes -= _extra_bytes(inode)
             if inode.data is not None:
                 self.store.release(inode.data)
 
@@ -211,36 +240,24 @@ class Tree:
         self._maybe_free(inode)
 
     def metadata_bytes(self) -> int:
-        """Python memory held by inodes, directory entries and chunk maps (an estimate:
-        container sizes are exact, each chunk entry and name is counted at its size)."""
-        total = sys.getsizeof(self.inodes)
-        for inode in self.inodes.values():
-            total += sys.getsizeof(inode)
-            if inode.data is not None:
-                entries = inode.data.entries
-                total += sys.getsizeof(inode.data) + sys.getsizeof(entries) + len(entries) * _INT_BYTES
-            elif inode.directory is not None:
-                d = inode.directory
-                total += (sys.getsizeof(d) + sys.getsizeof(d.children) + sys.getsizeof(d.cookie_of)
-                          + sys.getsizeof(d.name_of) + sys.getsizeof(d.cookies)
-                          + sum(sys.getsizeof(name) + 2 * _INT_BYTES for name in d.children))
-            elif inode.target is not None:
-                total += sys.getsizeof(inode.target)
-            if inode.xattrs:
-                total += sys.getsizeof(inode.xattrs) + sum(
-                    sys.getsizeof(k) + sys.getsizeof(v) for k, v in inode.xattrs.items())
+        """An estimate of the Python memory held by inodes, names, chunk maps and xattrs.
+
+        Per-object sizes come from ``sys.getsizeof``; only directories are walked (their
+        containers vary), so reading it stays cheap on a tree of many files.
+        """
+        total = sys.getsizeof(self.inodes) + len(self.inodes) * _INODE_BYTES
+        total += self._types[stat.S_IFREG] * _CHUNK_MAP_BYTES + self.store.chunks * _CHUNK_ENTRY_BYTES
+        total += self.extra_bytes
+        for ino in self._directories:
+            d = self.inodes[ino].directory
+            total += (_DIRECTORY_BYTES + sys.getsizeof(d.children) + sys.getsizeof(d.cookie_of)
+                      + sys.getsizeof(d.name_of) + sys.getsizeof(d.cookies) + d.name_bytes
+                      + len(d.children) * _NAME_ENTRY_BYTES)
         return total
 
     def stats(self) -> TreeStats:
-        files = dirs = links = 0
-        for inode in self.inodes.values():
-            fmt = stat.S_IFMT(inode.mode)
-            if fmt == stat.S_IFREG:
-                files += 1
-            elif fmt == stat.S_IFDIR:
-                dirs += 1
-            elif fmt == stat.S_IFLNK:
-                links += 1
+        types = self._types
+        files, dirs, links = types[stat.S_IFREG], types[stat.S_IFDIR], types[stat.S_IFLNK]
         total = len(self.inodes)
         return TreeStats(files, dirs, links, total - files - dirs - links, total)
 
@@ -279,6 +296,7 @@ class Tree:
             inode.directory = Directory(parent)
             inode.nlink = 2
             pdir.nlink += 1
+            self._directories.add(inode.ino)
         else:
             inode.nlink = 1
             if fmt == stat.S_IFREG:
@@ -286,6 +304,7 @@ class Tree:
             elif fmt == stat.S_IFLNK:
                 inode.target = target
                 inode.size = len(target or b"")
+                self.extra_bytes += _extra_bytes(inode)
             elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
                 inode.rdev = rdev
         pdir.directory.add(name, inode.ino)
@@ -491,14 +510,18 @@ class Tree:
             raise fs_error(errno.E2BIG)
         if inode.xattrs is None:
             inode.xattrs = {}
+        old = inode.xattrs.get(name)
+        if old is not None:
+            self.extra_bytes -= sys.getsizeof(name) + sys.getsizeof(old)
         inode.xattrs[name] = value
+        self.extra_bytes += sys.getsizeof(name) + sys.getsizeof(value)
         inode.ctime_ns = time.time_ns()
 
     def remove_xattr(self, inode: Inode, name: bytes) -> None:
         self._check_xattr_name(name)
         if not inode.xattrs or name not in inode.xattrs:
             raise fs_error(errno.ENODATA)
-        del inode.xattrs[name]
+        self.extra_bytes -= sys.getsizeof(name) + sys.getsizeof(inode.xattrs.pop(name))
         inode.ctime_ns = time.time_ns()
 
     @staticmethod
