@@ -244,8 +244,9 @@ def test_control_dir_listed_with_fixed_entries(mount):
         assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), name
         assert bool(st.st_mode & stat.S_IWUSR) == (name in WRITABLE), name
         assert not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH), name
-        assert st.st_mode & stat.S_IROTH, name
-    # contents end with a newline (compact is write-only in spirit: empty is allowed)
+        # compact is write-only, as zram's is (mode 0200); the rest are world-readable
+        assert bool(st.st_mode & stat.S_IROTH) == (name != "compact"), name
+    # contents end with a newline (root can open compact for reading: it is empty)
     for name in CONTROL_FILES - {"compact"}:
         text = read_ctl(m, name)
         assert text.endswith("\n") and text.strip(), (name, text)

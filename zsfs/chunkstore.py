@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from .codec import FILL_WORD, Codec, Encoding, fill_bytes
+from .codec import FILL_WORD, Codec, Encoding, Payload, fill_bytes
 from .zsmalloc import Pool, PoolFull
 
 _LEN_SHIFT = 2
@@ -190,7 +190,7 @@ class ChunkStore:
             return written
 
     async def _commit_making_room(self, cmap: ChunkMap, idx: int, length: int,
-                                  kind: Encoding, payload: int | bytes | memoryview) -> None:
+                                  kind: Encoding, payload: Payload) -> None:
         """Commit; when the pool is full but compaction can free pages, compact and retry."""
         try:
             self._commit(cmap, idx, length, kind, payload)
@@ -234,7 +234,7 @@ class ChunkStore:
         return pieces
 
     def _commit(self, cmap: ChunkMap, idx: int, length: int, kind: Encoding,
-                payload: int | bytes | memoryview) -> None:
+                payload: Payload) -> None:
         """Replace chunk ``idx`` with an encoded content: allocate new, then free old.
 
         Raises NoSpace (capacity) or PoolFull (mem_limit) with nothing changed.
@@ -261,7 +261,7 @@ class ChunkStore:
             self.huge_chunks += 1
             self.huge_chunks_since += 1
 
-    def _store(self, payload: bytes | memoryview) -> int:
+    def _store(self, payload: Payload) -> int:
         handle = self.pool.malloc(len(payload))
         self.pool.write(handle, payload)
         return handle

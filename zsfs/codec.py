@@ -10,20 +10,21 @@ A chunk is encoded one of three ways, cheapest first:
   huge watermark; reading it back then costs no decompression.
 
 Writes and reads that span several chunks go through python-zstandard's
-multi-frame calls, which spread the frames over native threads. zstd contexts are
-not thread-safe, so each Python thread gets its own pair.
+multi-frame calls, which spread the frames over native threads inside one C call.
+The codec itself is used from the trio thread only (zstd contexts are not
+thread-safe).
 """
 
 from __future__ import annotations
 
-import threading
 from enum import IntEnum
 from typing import Sequence, Union
 
 import zstandard
 
 FILL_WORD = 8
-THREADS = 2   # native zstd threads for multi-chunk calls (the machines have two cores)
+THREADS = 2   # native zstd threads per multi-chunk call: a deliberate cap, zsfs's request path
+              # runs on one core and two more threads would only contend with it
 
 Buffer = Union[bytes, bytearray, memoryview]
 Payload = Union[int, Buffer, "zstandard.BufferSegment"]
@@ -65,16 +66,8 @@ class Codec:
     def __init__(self, level: int, raw_threshold: int) -> None:
         self.level = level
         self.raw_threshold = raw_threshold
-        self._local = threading.local()
-
-    def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-        local = self._local
-        try:
-            return local.contexts
-        except AttributeError:
-            local.contexts = (zstandard.ZstdCompressor(level=self.level),
-                              zstandard.ZstdDecompressor())
-            return local.contexts
+        self._compressor = zstandard.ZstdCompressor(level=level)
+        self._decompressor = zstandard.ZstdDecompressor()
 
     def encode(self, chunk: Buffer) -> tuple[Encoding, Payload]:
         """Choose the cheapest encoding of ``chunk``: (FILL, word) or (ZSTD|RAW, payload)."""
@@ -94,7 +87,7 @@ class Codec:
                 todo.append(i)
             else:
                 results[i] = (Encoding.FILL, word)
-        cctx = self._contexts()[0]
+        cctx = self._compressor
         if len(todo) > 1:
             frames = cctx.multi_compress_to_buffer([chunks[i] for i in todo], threads=THREADS)
             compressed = [frames[k] for k in range(len(todo))]
@@ -109,11 +102,11 @@ class Codec:
         return results
 
     def decompress(self, payload: Buffer) -> bytes:
-        return self._contexts()[1].decompress(payload)
+        return self._decompressor.decompress(payload)
 
     def decompress_many(self, payloads: Sequence[Buffer]) -> list[Buffer]:
         """Decompress several frames, on two native threads when there are several."""
         if len(payloads) < 2:
             return [self.decompress(p) for p in payloads]
-        frames = self._contexts()[1].multi_decompress_to_buffer(payloads, threads=THREADS)
+        frames = self._decompressor.multi_decompress_to_buffer(payloads, threads=THREADS)
         return [memoryview(frames[k]) for k in range(len(payloads))]

@@ -8,7 +8,7 @@ frees) are served. One compaction runs at a time (a manual request arriving whil
 the background task works waits for it, then finds little left to do).
 
 The background task sleeps ``interval`` seconds or until ``kick()`` says that
-much was freed, and compacts when the fragmentation ratio (live object bytes /
+something may have been freed, and compacts when the fragmentation ratio (live object bytes /
 pool bytes) is below ``threshold`` and enough pages are freeable to be worth the
 copying: at least ``min_freeable_pages`` and 1% of the pool.
 """

@@ -60,12 +60,12 @@ class ControlFile:
 
     name: bytes
     ino: int
-    render: Callable[[], str]
+    render: Callable[[], str] | None
     apply: Callable[[str], Awaitable[None]] | None
 
     @property
     def mode(self) -> int:
-        return stat.S_IFREG | (0o644 if self.apply else 0o444)
+        return stat.S_IFREG | (0o444 if self.render else 0) | (0o200 if self.apply else 0)
 
 
 class Control:
@@ -80,11 +80,12 @@ class Control:
         self.uid = uid
         self.gid = gid
         self.mtime_ns = time.time_ns()
-        specs: list[tuple[str, Callable[[], str], Callable[[str], Awaitable[None]] | None]] = [
+        specs: list[tuple[str, Callable[[], str] | None,
+                          Callable[[str], Awaitable[None]] | None]] = [
             ("stats", self._stats, None),
             ("mm_stat", self._mm_stat, None),
             ("classes", self._classes, None),
-            ("compact", lambda: "", self._compact),
+            ("compact", None, self._compact),
             ("mem_limit", lambda: f"{self.pool.mem_limit}\n", self._set_mem_limit),
             ("mem_used_max", lambda: f"{self.pool.stats().mem_used_max}\n", self._reset_max),
             ("compact_threshold", lambda: f"{self.compactor.threshold:g}\n", self._set_threshold),
@@ -215,4 +216,6 @@ class Control:
         return "".join(" ".join(f"{v:>{w}}" for v, w in zip(r, widths)) + "\n" for r in table)
 
     def render(self, ino: int) -> bytes:
-        return self.file(ino).render().encode()
+        """The file's contents now (empty for the write-only ``compact``)."""
+        render = self.file(ino).render
+        return render().encode() if render else b""

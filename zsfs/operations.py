@@ -181,7 +181,7 @@ class Operations(pyfuse3.Operations):
         try:
             return self._named(self.tree.lookup(parent_inode, name))
         except OSError as e:
-            if e.errno != errno.ENOENT or len(name) > NAME_MAX:
+            if e.errno != errno.ENOENT or name == b"..":
                 raise
             negative = EntryAttributes()
             negative.st_ino = 0
@@ -303,12 +303,12 @@ class Operations(pyfuse3.Operations):
         if self.control.owns(inode):
             content = b"" if flags & os.O_ACCMODE == os.O_WRONLY else self.control.render(inode)
             return FileInfo(fh=self._new_fh(_ControlHandle(inode, content)), direct_io=True)
-        node = self.tree.open(inode)
+        node = self.tree.get(inode)
         if flags & os.O_TRUNC and node.data is not None:
             # libfuse negotiates atomic O_TRUNC, so truncation is ours to do.
             await self.tree.set_size(node, 0)
             self.compactor.kick()
-        return FileInfo(fh=self._new_fh(node))
+        return FileInfo(fh=self._new_fh(self.tree.open(inode)))
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,

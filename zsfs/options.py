@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from .arena import physical_memory
+
 _PAGE = 4096
 _NO_ID = 2**32 - 1  # (uid_t)-1 means "unchanged" to chown(2), so it owns nothing
 
@@ -77,16 +79,12 @@ class MountOptions:
     uid: int  # owner of the root directory; default the mounter's
     gid: int
     mem_limit: int  # bytes of RAM for compressed data, 0 = no limit (default)
-    chunk_size: int  # a power of two, 4 KiB..64 KiB; default 64 KiB
+    chunk_size: int  # a power of two, 4 KiB..64 KiB; default 16 KiB
     level: int  # zstd level, -7..-1 or 1..22; default 1
     compact_threshold: float  # fraction 0..1; default 0.95
     compact_interval: float  # seconds > 0; default 5
     fuse_options: tuple[str, ...]  # for pyfuse3.init
 
-
-def physical_memory() -> int:
-    """Bytes of physical RAM, the base of ``N%`` sizes and of the defaults."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _round_up(n: int) -> int:

@@ -413,7 +413,7 @@ class Tree:
                 raise fs_error(errno.EINVAL, "directory moved into itself")
             if ino == ROOT_INODE:
                 return
-            ino = self.inodes[ino].directory.parent
+            ino = self.get(ino).directory.parent
 
     @staticmethod
     def _reparent(inode: Inode, new_parent: Inode, old_parent: Inode) -> None:

@@ -536,8 +536,7 @@ class Pool:
                 continue
             handle = tag >> 1
             entry = handles[handle]
-            length = (entry >> 1) & _LEN_MASK
-            data = bytes(self._object_view(src, idx, length))
+            data = bytes(self.read(handle))
             if dst.freelist:
                 new_idx = dst.freelist - 1
                 dst.freelist = _header.unpack_from(view, self._slot_addr(dst, new_idx))[0] >> 1
@@ -553,13 +552,6 @@ class Pool:
             dst.inuse += 1
             moved += 1
         return moved
-
-    def _object_view(self, zspage: ZsPage, idx: int, length: int) -> memoryview | bytes:
-        offset = idx * zspage.size_class.size + zspage.size_class.header
-        if zspage.base >= 0:
-            start = zspage.base + offset
-            return self._view[start:start + length]
-        return b"".join(self._segments(zspage, offset, length))
 
     # -- statistics ---------------------------------------------------------------
 
