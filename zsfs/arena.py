@@ -21,6 +21,8 @@ import os
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+POPULATE_PAGES = 64   # fresh pages faulted in per system call (256 KiB)
 
 
 class ArenaFull(MemoryError):
@@ -44,7 +46,7 @@ class Arena:
 
     __slots__ = (
         "buf", "view", "capacity_pages", "pages_used", "pages_max",
-        "release_batch", "_top", "_released", "_unreleased",
+        "release_batch", "_top", "_populated", "_released", "_unreleased",
     )
 
     def __init__(self, capacity: int | None = None, release_batch: int = 256) -> None:
@@ -60,7 +62,8 @@ class Arena:
         self.release_batch = release_batch
         self.pages_used = 0
         self.pages_max = 0
-        self._top = 0                   # pages above this were never touched
+        self._top = 0                   # pages above this were never handed out
+        self._populated = 0             # pages below this have been faulted in
         self._released: list[int] = []  # free, already given back to the kernel
         self._unreleased: list[int] = []  # free, still resident
 
@@ -78,12 +81,27 @@ class Arena:
         elif self._top < self.capacity_pages:
             page = self._top
             self._top += 1
+            if page >= self._populated:
+                self._populate(page)
         else:
             raise ArenaFull(f"arena of {self.capacity_pages} pages is exhausted")
         self.pages_used += 1
         if self.pages_used > self.pages_max:
             self.pages_max = self.pages_used
         return page
+
+    def _populate(self, first: int) -> None:
+        """Fault in the next run of never-used pages with one system call.
+
+        Touching fresh pages one by one costs a page fault each; MADV_POPULATE_WRITE
+        (Linux 5.14) maps a whole run at once. Without it, pages fault as before.
+        """
+        count = min(POPULATE_PAGES, self.capacity_pages - first)
+        self._populated = first + count
+        try:
+            self.buf.madvise(_MADV_POPULATE_WRITE, first * PAGE_SIZE, count * PAGE_SIZE)
+        except OSError:
+            pass
 
     def free_page(self, page: int) -> None:
         """Take a page back; it is released to the kernel with the next batch."""
