@@ -16,10 +16,11 @@ remembers it (``lookups``, lowered by FORGET) or it is open (``opens``). The las
 of the three to drop frees it and its chunks.
 
 Readdir cookies: each directory gives every new entry the next value of a counter,
-keeps the live cookies in a sorted list, and resumes a listing after the last
-cookie it reported. Entries created during a listing get higher cookies (they may
-or may not be seen); entries removed are never reported again; none is repeated.
-Cookies 1 and 2 are ``.`` and ``..``.
+keeps the cookies in a sorted list (removed ones are pruned lazily, so that rm -r
+stays linear) and resumes a listing after the last cookie it reported. Entries
+created during a listing get higher cookies (they may or may not be seen); entries
+removed are never reported again; none is repeated. Cookies 1 and 2 are ``.`` and
+``..``.
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ class Directory:
     def remove(self, name: bytes) -> int:
         ino = self.children.pop(name)
         self.name_bytes -= sys.getsizeof(name)
-        cookie = self.cookie_of.pop(name)
-        del self.name_of[cookie]
-        del self.cookies[bisect.bisect_left(self.cookies, cookie)]
+        del self.name_of[self.cookie_of.pop(name)]
+        # The cookie stays in the sorted list until most of the list is stale: deleting
+        # from the middle of a long list on every unlink would make rm -r quadratic.
+        if len(self.cookies) > 2 * len(self.name_of) + 64:
+            self.cookies = [c for c in self.cookies if c in self.name_of]
         return ino
 
     def replace(self, name: bytes, ino: int) -> None:
@@ -94,8 +97,9 @@ class Directory:
         i = bisect.bisect_right(cookies, cookie)
         while i < len(cookies):
             c = cookies[i]
-            name = self.name_of[c]
-            yield name, self.children[name], c
+            name = self.name_of.get(c)
+            if name is not None:
+                yield name, self.children[name], c
             i += 1
 
 
