@@ -144,3 +144,17 @@ def test_xattrs():
     tree.set_xattr(f, b"user.big", bytes(65536))
     tree.remove_xattr(f, b"user.a")
     assert tree.list_xattrs(f) == [b"user.big"]
+
+
+def test_readdir_resumes_after_stale_cookies_are_pruned():
+    tree = make_tree()
+    for i in range(1000):
+        tree.create(ROOT_INODE, b"n%04d" % i, FILE, 0, 0)
+    listing = list(tree.list_dir(tree.get(ROOT_INODE), 0))
+    resume_at = listing[2 + 500][2]            # the cookie of n0500
+    for i in range(1000):
+        if i % 10:                             # delete nine in ten, on both sides
+            tree.unlink(ROOT_INODE, b"n%04d" % i)
+    assert len(tree.get(ROOT_INODE).directory.cookies) < 300   # stale cookies were pruned
+    assert names(tree, ROOT_INODE, resume_at) == [b"n%04d" % i for i in range(510, 1000, 10)]
+    assert names(tree, ROOT_INODE)[2:] == [b"n%04d" % i for i in range(0, 1000, 10)]
