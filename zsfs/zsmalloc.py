@@ -43,7 +43,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .arena import PAGE_SHIFT, PAGE_SIZE, Arena
 
@@ -105,20 +105,24 @@ class ZsPage:
     """A chain of arena pages holding ``objs_per_zspage`` slots of one class.
 
     ``base`` is the byte address of the first page when the chain happens to be
-    contiguous in the arena (then every object is one slice), else -1.
+    contiguous in the arena (then every object is one slice and ``pages`` is None,
+    to keep the common case small); else ``base`` is -1 and ``pages`` lists them.
     ``bump`` is the first slot never used; slots below it that are free are on
     ``freelist`` (slot index + 1, 0 = empty), linked through their headers.
     """
 
     __slots__ = ("id", "size_class", "pages", "base", "inuse", "freelist", "bump", "fullness")
 
-    def __init__(self, zspage_id: int, size_class: SizeClass, pages: array) -> None:
+    def __init__(self, zspage_id: int, size_class: SizeClass, pages: list[int]) -> None:
         self.id = zspage_id
         self.size_class = size_class
-        self.pages = pages
         first = pages[0]
-        contiguous = all(p == first + i for i, p in enumerate(pages))
-        self.base = first << PAGE_SHIFT if contiguous else -1
+        if all(p == first + i for i, p in enumerate(pages)):
+            self.base = first << PAGE_SHIFT
+            self.pages: array | None = None
+        else:
+            self.base = -1
+            self.pages = array("I", pages)
         self.inuse = 0
         self.freelist = 0
         self.bump = 0
@@ -126,7 +130,7 @@ class ZsPage:
 
 
 # Python bytes of one zspage (object, page array header, a set slot) and of one class.
-_ZSPAGE_BYTES = (sys.getsizeof(ZsPage.__new__(ZsPage)) + sys.getsizeof(array("I")) + 16)
+_ZSPAGE_BYTES = sys.getsizeof(ZsPage.__new__(ZsPage)) + 2 * sys.getsizeof(1 << 40) + 16
 _CLASS_BYTES = sys.getsizeof(SizeClass.__new__(SizeClass)) + 12 * sys.getsizeof(set())
 
 
@@ -248,6 +252,7 @@ class Pool:
         self._free_zspage_ids: list[int] = []
         self.pages_used = 0
         self.obj_bytes = 0
+        self._scattered_bytes = 0          # page arrays of non-contiguous zspages
         self.pages_compacted = 0
 
     def _make_classes(self) -> tuple[list[SizeClass], list[SizeClass]]:
@@ -326,13 +331,15 @@ class Pool:
             raise PoolFull(f"pool would exceed mem_limit of {self.mem_limit} bytes")
         if self.arena.pages_free < npages:
             raise PoolFull(f"arena of {self.arena.capacity_pages} pages is exhausted")
-        pages = array("I", [self.arena.alloc_page() for _ in range(npages)])
+        pages = [self.arena.alloc_page() for _ in range(npages)]
         if self._free_zspage_ids:
             zspage_id = self._free_zspage_ids.pop()
             zspage = self._zspages[zspage_id] = ZsPage(zspage_id, cls, pages)
         else:
             zspage = ZsPage(len(self._zspages), cls, pages)
             self._zspages.append(zspage)
+        if zspage.pages is not None:
+            self._scattered_bytes += sys.getsizeof(zspage.pages)
         self.pages_used += npages
         cls.zspages += 1
         cls.fullness[0].add(zspage)
@@ -342,7 +349,13 @@ class Pool:
         cls.fullness[zspage.fullness].discard(zspage)
         if cls.current is zspage:
             cls.current = None
-        for page in zspage.pages:
+        if zspage.pages is None:
+            first = zspage.base >> PAGE_SHIFT
+            pages: Iterable[int] = range(first, first + cls.pages_per_zspage)
+        else:
+            pages = zspage.pages
+            self._scattered_bytes -= sys.getsizeof(pages)
+        for page in pages:
             self.arena.free_page(page)
         self._zspages[zspage.id] = None
         self._free_zspage_ids.append(zspage.id)
@@ -558,10 +571,10 @@ class Pool:
     def metadata_bytes(self) -> int:
         """Python memory of the pool's bookkeeping: handle table, zspages, classes."""
         handles = self._handles
-        total = handles.buffer_info()[1] * handles.itemsize + sys.getsizeof(self._zspages)
+        total = (handles.buffer_info()[1] * handles.itemsize + sys.getsizeof(self._zspages)
+                 + self._scattered_bytes)
         for cls in self._classes:
-            per_zspage = _ZSPAGE_BYTES + cls.pages_per_zspage * 4
-            total += _CLASS_BYTES + len(cls.group_of) * 8 + cls.zspages * per_zspage
+            total += _CLASS_BYTES + len(cls.group_of) * 8 + cls.zspages * _ZSPAGE_BYTES
         return total
 
     def reset_mem_used_max(self) -> None:
