@@ -181,8 +181,10 @@ class Mount:
         return self.path / other
 
 
-def zsfs_argv(mountpoint, opts: str = "", foreground: bool = True) -> list[str]:
-    argv = [sys.executable, "-m", "zsfs", str(mountpoint)]
+def zsfs_argv(mountpoint, opts: str = "", foreground: bool = True,
+              command: tuple[str, ...] = ()) -> list[str]:
+    """The zsfs command line; *command* replaces ``python -m zsfs`` (test launchers)."""
+    argv = list(command or (sys.executable, "-m", "zsfs")) + [str(mountpoint)]
     if foreground:
         argv.append("-f")
     if opts:
@@ -248,10 +250,10 @@ def _finish(m: Mount) -> list[str]:
     return problems
 
 
-def start_mount(mountpoint: Path, opts: str, log: Path, extra_argv=()) -> Mount:
+def start_mount(mountpoint: Path, opts: str, log: Path, extra_argv=(), command=()) -> Mount:
     """Start ``python -m zsfs MNT -f [-o opts]`` and wait until it is mounted."""
     require_fuse()
-    argv = zsfs_argv(mountpoint, opts) + list(extra_argv)
+    argv = zsfs_argv(mountpoint, opts, command=command) + list(extra_argv)
     logf = open(log, "wb")
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
@@ -304,10 +306,10 @@ def mount_zsfs(request, tmp_path_factory):
     parent = _mount_parent()
     logdir = tmp_path_factory.mktemp("zsfs-log")
 
-    def mount(opts: str = "", extra_argv=()) -> Mount:
+    def mount(opts: str = "", extra_argv=(), command=()) -> Mount:
         mp = parent / f"m{len(mounts)}"
         mp.mkdir()
-        m = start_mount(mp, opts, logdir / f"daemon{len(mounts)}.log", extra_argv)
+        m = start_mount(mp, opts, logdir / f"daemon{len(mounts)}.log", extra_argv, command)
         mounts.append(m)
         return m
 
