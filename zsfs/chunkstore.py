@@ -128,7 +128,7 @@ class ChunkStore:
             data = self.codec.decompress(data)
         return data if len(data) == length else data[:length]
 
-    def read(self, cmap: ChunkMap, offset: int, length: int) -> bytes:
+    def read(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes at ``offset`` (the caller clips to the file size)."""
         cs = self.chunk_size
         first = offset // cs
@@ -165,7 +165,7 @@ class ChunkStore:
                 end = min(in_chunk + n, (entry >> _LEN_SHIFT) & _LEN_MASK)
                 if end > in_chunk:
                     out[pos:pos + end - in_chunk] = memoryview(content)[in_chunk:end]
-        return bytes(out)
+        return out
 
     # -- writing ------------------------------------------------------------------
 
@@ -181,7 +181,10 @@ class ChunkStore:
             written = 0
             for (idx, content), (kind, payload) in zip(pieces, encoded):
                 try:
-                    await self._commit_making_room(cmap, idx, len(content), kind, payload)
+                    try:
+                        self._commit(cmap, idx, len(content), kind, payload)
+                    except PoolFull:
+                        await self._commit_after_making_room(cmap, idx, len(content), kind, payload)
                 except NoSpace:
                     if written:
                         break
@@ -189,15 +192,11 @@ class ChunkStore:
                 written += self._covered(offset, len(data), idx)
             return written
 
-    async def _commit_making_room(self, cmap: ChunkMap, idx: int, length: int,
-                                  kind: Encoding, payload: Payload) -> None:
-        """Commit; when the pool is full but compaction can free pages, compact and retry."""
-        try:
-            self._commit(cmap, idx, length, kind, payload)
-            return
-        except PoolFull:
-            if self.make_room is None or not self.pool.freeable():
-                raise NoSpace("memory limit reached (mem_limit=)") from None
+    async def _commit_after_making_room(self, cmap: ChunkMap, idx: int, length: int,
+                                        kind: Encoding, payload: Payload) -> None:
+        """The pool was full: if compaction can free pages, compact and commit again."""
+        if self.make_room is None or not self.pool.freeable():
+            raise NoSpace("memory limit reached (mem_limit=)")
         await self.make_room()
         try:
             self._commit(cmap, idx, length, kind, payload)

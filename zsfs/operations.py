@@ -320,7 +320,7 @@ class Operations(pyfuse3.Operations):
         return FileInfo(fh=fh), self._named(node)
 
     @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
         target = self._open[fh]
         if isinstance(target, _ControlHandle):
             return target.content[off:off + size]

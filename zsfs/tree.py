@@ -457,7 +457,7 @@ class Tree:
 
     # -- data --------------------------------------------------------------------------
 
-    def read(self, inode: Inode, offset: int, length: int) -> bytes:
+    def read(self, inode: Inode, offset: int, length: int) -> bytes | bytearray:
         length = min(length, inode.size - offset)
         if length <= 0:
             return b""
