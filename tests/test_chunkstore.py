@@ -82,7 +82,7 @@ async def test_holes_cost_nothing():
     cmap = ChunkMap()
     far = 1 << 40
     await store.write(cmap, far, b"end")
-    assert list(cmap.entries) == [far // CHUNK]
+    assert cmap.indexes() == [far // CHUNK]
     assert store.read(cmap, far - 10, 13) == bytes(10) + b"end"
     assert store.read(cmap, 12345, 100_000) == bytes(100_000)
 
@@ -94,12 +94,12 @@ async def test_truncate_drops_and_trims_without_allocating():
     await store.write(cmap, 0, data)
     store.pool.mem_limit = store.pool.pages_used * 4096   # no room for anything new
     await store.truncate(cmap, 2 * CHUNK + 10)
-    assert sorted(cmap.entries) == [0, 1, 2]
+    assert sorted(cmap.indexes()) == [0, 1, 2]
     assert store.orig_bytes == 2 * CHUNK + 10
     # extending again reads zeros past the old cut
     assert store.read(cmap, 0, 3 * CHUNK) == data[:2 * CHUNK + 10] + bytes(CHUNK - 10)
     await store.truncate(cmap, 0)
-    assert cmap.entries == {} and store.chunks == 0 and store.pool.stats().objects == 0
+    assert len(cmap) == 0 and store.chunks == 0 and store.pool.stats().objects == 0
 
 
 async def test_mem_limit_stops_a_write_without_touching_earlier_bytes():
@@ -117,7 +117,7 @@ async def test_mem_limit_stops_a_write_without_touching_earlier_bytes():
     written = await store.write(cmap, 3 * CHUNK, big)
     assert 0 < written < len(big) and written % CHUNK == 0
     assert read_all(store, cmap, 3 * CHUNK + written) == old + big[:written]
-    assert (3 * CHUNK + written) // CHUNK == len(cmap.entries)
+    assert (3 * CHUNK + written) // CHUNK == len(cmap)
 
 
 async def test_capacity_limits_logical_bytes():
@@ -159,3 +159,18 @@ async def test_release_returns_every_page():
     store.release(cmap)
     assert store.pool.pages_used == 0 and store.orig_bytes == 0 and store.chunks == 0
     assert cmap.stored_bytes == 0
+
+
+def test_chunk_map_keeps_one_entry_inline():
+    cmap = ChunkMap()
+    assert cmap.get(0) is None and len(cmap) == 0 and cmap.indexes() == []
+    cmap[5] = 50
+    cmap[5] = 51
+    assert (cmap.get(5), cmap.get(4), len(cmap), cmap._dict) == (51, None, 1, None)
+    cmap[7] = 70
+    assert sorted(cmap.indexes()) == [5, 7] and sorted(cmap.entries()) == [51, 70]
+    assert cmap.pop(5) == 51
+    assert (cmap.get(7), len(cmap), cmap._dict) == (70, 1, None)   # back inline
+    with pytest.raises(KeyError):
+        cmap.pop(5)
+    assert cmap.pop(7) == 70 and len(cmap) == 0

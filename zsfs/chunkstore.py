@@ -56,13 +56,63 @@ class NoSpace(Exception):
 
 
 class ChunkMap:
-    """The chunks of one file: chunk index -> entry, and the bytes of RAM they hold."""
+    """The chunks of one file: chunk index -> entry, and the bytes of RAM they hold.
 
-    __slots__ = ("entries", "stored_bytes")
+    Most files have one chunk, and a one-entry dict costs 224 bytes, several times
+    the chunk's own bookkeeping; so a single entry is kept inline and a dict is made
+    only for a second one.
+    """
+
+    __slots__ = ("_index", "_entry", "_dict", "stored_bytes")
 
     def __init__(self) -> None:
-        self.entries: dict[int, int] = {}
+        self._index = -1                      # the inline entry's chunk, -1 for none
+        self._entry = 0
+        self._dict: dict[int, int] | None = None
         self.stored_bytes = 0
+
+    def get(self, index: int) -> int | None:
+        if self._dict is not None:
+            return self._dict.get(index)
+        return self._entry if index == self._index else None
+
+    def __setitem__(self, index: int, entry: int) -> None:
+        if self._dict is not None:
+            self._dict[index] = entry
+        elif self._index < 0 or self._index == index:
+            self._index, self._entry = index, entry
+        else:
+            self._dict = {self._index: self._entry, index: entry}
+            self._index = -1
+
+    def pop(self, index: int) -> int:
+        if self._dict is None:
+            if index != self._index:
+                raise KeyError(index)
+            self._index = -1
+            return self._entry
+        entry = self._dict.pop(index)
+        if len(self._dict) == 1:
+            ((self._index, self._entry),) = self._dict.items()
+            self._dict = None
+        return entry
+
+    def indexes(self) -> list[int]:
+        if self._dict is not None:
+            return list(self._dict)
+        return [self._index] if self._index >= 0 else []
+
+    def entries(self) -> list[int]:
+        if self._dict is not None:
+            return list(self._dict.values())
+        return [self._entry] if self._index >= 0 else []
+
+    def __len__(self) -> int:
+        return len(self._dict) if self._dict is not None else int(self._index >= 0)
+
+    def clear(self) -> None:
+        self._index = -1
+        self._dict = None
 
 
 @dataclass(frozen=True)
@@ -133,9 +183,9 @@ class ChunkStore:
         cs = self.chunk_size
         first = offset // cs
         in_chunk = offset - first * cs
-        entries = cmap.entries
+        get = cmap.get
         if in_chunk + length <= cs:
-            entry = entries.get(first)
+            entry = get(first)
             if entry is None:
                 return bytes(length)
             content = self._content(entry)
@@ -147,7 +197,7 @@ class ChunkStore:
         idx = first
         while pos < length:
             n = min(cs - in_chunk, length - pos)
-            entry = entries.get(idx)
+            entry = get(idx)
             if entry is None:
                 pass
             elif entry & _KIND_MASK == Encoding.ZSTD:
@@ -219,7 +269,7 @@ class ChunkStore:
         while pos < end:
             idx, in_chunk = divmod(offset + pos, cs)
             n = min(cs - in_chunk, end - pos)
-            entry = cmap.entries.get(idx)
+            entry = cmap.get(idx)
             old_len = 0 if entry is None else (entry >> _LEN_SHIFT) & _LEN_MASK
             if in_chunk == 0 and n >= old_len:
                 content: memoryview | bytearray = data[pos:pos + n]
@@ -238,7 +288,7 @@ class ChunkStore:
 
         Raises NoSpace (capacity) or PoolFull (mem_limit) with nothing changed.
         """
-        old = cmap.entries.get(idx)
+        old = cmap.get(idx)
         old_len = 0 if old is None else (old >> _LEN_SHIFT) & _LEN_MASK
         if self.capacity and self.orig_bytes - old_len + length > self.capacity:
             raise NoSpace("file system full (size=)")
@@ -250,7 +300,7 @@ class ChunkStore:
             stored = len(payload)
         if old is not None:
             self._drop(cmap, old)
-        cmap.entries[idx] = (value << _PAYLOAD_SHIFT) | (length << _LEN_SHIFT) | kind
+        cmap[idx] = (value << _PAYLOAD_SHIFT) | (length << _LEN_SHIFT) | kind
         cmap.stored_bytes += stored
         self.orig_bytes += length
         self.chunks += 1
@@ -286,17 +336,16 @@ class ChunkStore:
         """Drop the contents at and beyond ``size``."""
         async with self._write_lock:
             cs = self.chunk_size
-            entries = cmap.entries
-            for idx in [i for i in entries if i * cs >= size]:
-                self._drop(cmap, entries.pop(idx))
+            for idx in [i for i in cmap.indexes() if i * cs >= size]:
+                self._drop(cmap, cmap.pop(idx))
             idx, keep = divmod(size, cs)
-            entry = entries.get(idx)
+            entry = cmap.get(idx)
             if entry is not None and (entry >> _LEN_SHIFT) & _LEN_MASK > keep:
                 self.orig_bytes -= ((entry >> _LEN_SHIFT) & _LEN_MASK) - keep
-                entries[idx] = entry & ~(_LEN_MASK << _LEN_SHIFT) | (keep << _LEN_SHIFT)
+                cmap[idx] = entry & ~(_LEN_MASK << _LEN_SHIFT) | (keep << _LEN_SHIFT)
 
     def release(self, cmap: ChunkMap) -> None:
         """Free every chunk of a file that is gone."""
-        for entry in cmap.entries.values():
+        for entry in cmap.entries():
             self._drop(cmap, entry)
-        cmap.entries.clear()
+        cmap.clear()

@@ -151,8 +151,8 @@ def _extra_bytes(inode: Inode) -> int:
 
 # Python sizes of the bookkeeping objects, for metadata_bytes.
 _INODE_BYTES = sys.getsizeof(Inode(0, 0, 0, 0, 0)) + 2 * _INT_BYTES   # + its inodes-dict slot
-_CHUNK_MAP_BYTES = sys.getsizeof(ChunkMap()) + sys.getsizeof({0: 0})
-_CHUNK_ENTRY_BYTES = _INT_BYTES + 24                 # the entry and its share of a dict
+_CHUNK_MAP_BYTES = sys.getsizeof(ChunkMap())
+_CHUNK_ENTRY_BYTES = _INT_BYTES + 24                 # the entry and (past one) its dict slot
 _DIRECTORY_BYTES = sys.getsizeof(Directory(0))
 _NAME_ENTRY_BYTES = _INT_BYTES + 3 * 24 + 8          # cookie, three dict slots, list slot
 
