@@ -412,9 +412,8 @@ class Operations(pyfuse3.Operations):
         s.f_bsize = s.f_frsize = PAGE_SIZE
         s.f_blocks = store.capacity // PAGE_SIZE if store.capacity else used + free
         s.f_bfree = s.f_bavail = free
-        inodes = len(tree.inodes)
-        s.f_files = tree.nr_inodes or 0
-        s.f_ffree = s.f_favail = max(0, tree.nr_inodes - inodes) if tree.nr_inodes else 0
+        s.f_files = tree.nr_inodes
+        s.f_ffree = s.f_favail = max(0, tree.nr_inodes - len(tree.inodes)) if tree.nr_inodes else 0
         s.f_namemax = NAME_MAX
         return s
 

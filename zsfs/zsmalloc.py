@@ -250,10 +250,14 @@ class Pool:
         self._free_handle = 0              # head of the freed-handle list
         self._zspages: list[ZsPage | None] = []
         self._free_zspage_ids: list[int] = []
-        self.pages_used = 0
         self.obj_bytes = 0
         self._scattered_bytes = 0          # page arrays of non-contiguous zspages
         self.pages_compacted = 0
+
+    @property
+    def pages_used(self) -> int:
+        """Arena pages held by zspages (the arena serves this pool alone)."""
+        return self.arena.pages_used
 
     def _make_classes(self) -> tuple[list[SizeClass], list[SizeClass]]:
         """Build the distinct classes and the index -> class table (merged neighbours).
@@ -340,7 +344,6 @@ class Pool:
             self._zspages.append(zspage)
         if zspage.pages is not None:
             self._scattered_bytes += sys.getsizeof(zspage.pages)
-        self.pages_used += npages
         cls.zspages += 1
         cls.fullness[0].add(zspage)
         return zspage
@@ -359,7 +362,6 @@ class Pool:
             self.arena.free_page(page)
         self._zspages[zspage.id] = None
         self._free_zspage_ids.append(zspage.id)
-        self.pages_used -= cls.pages_per_zspage
         cls.zspages -= 1
 
     def _regroup(self, cls: SizeClass, zspage: ZsPage) -> None:
