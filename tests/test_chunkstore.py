@@ -66,12 +66,14 @@ async def test_same_filled_and_incompressible_chunks():
     zeros, fill, noise = ChunkMap(), ChunkMap(), ChunkMap()
     await store.write(zeros, 0, bytes(4 * CHUNK))
     await store.write(fill, 0, b"\xab" * (4 * CHUNK))
+    await store.flush()
     assert store.pool.stats().objects == 0 and store.same_chunks == 8
     assert zeros.stored_bytes == 0          # zeros: no RAM, like holes
     assert fill.stored_bytes > 0            # but never zero blocks for non-zero data
     assert read_all(store, fill, 4 * CHUNK) == b"\xab" * (4 * CHUNK)
     data = os.urandom(2 * CHUNK)
     await store.write(noise, 0, data)
+    await store.flush()
     assert store.huge_chunks == store.huge_chunks_since == 2
     assert read_all(store, noise, 2 * CHUNK) == data
     assert store.orig_bytes == 10 * CHUNK
@@ -92,6 +94,7 @@ async def test_truncate_drops_and_trims_without_allocating():
     cmap = ChunkMap()
     data = text(5 * CHUNK + 300)
     await store.write(cmap, 0, data)
+    await store.flush()
     store.pool.mem_limit = store.pool.pages_used * 4096   # no room for anything new
     await store.truncate(cmap, 2 * CHUNK + 10)
     assert sorted(cmap.indexes()) == [0, 1, 2]
@@ -107,6 +110,7 @@ async def test_mem_limit_stops_a_write_without_touching_earlier_bytes():
     cmap = ChunkMap()
     old = os.urandom(3 * CHUNK)
     await store.write(cmap, 0, old)
+    await store.flush()
     store.pool.mem_limit = store.pool.pages_used * 4096
     with pytest.raises(NoSpace):
         await store.write(cmap, CHUNK, os.urandom(CHUNK))
@@ -140,6 +144,7 @@ async def test_pool_full_makes_room_by_compacting_first():
     maps = [ChunkMap() for _ in range(400)]
     for i, cmap in enumerate(maps):
         await store.write(cmap, 0, text(3000, seed=i))
+    await store.flush()
     for cmap in maps[::2]:
         store.release(cmap)
     assert store.pool.freeable() > 0
@@ -155,6 +160,7 @@ async def test_release_returns_every_page():
     store = make_store()
     cmap = ChunkMap()
     await store.write(cmap, 0, text(40 * CHUNK))
+    await store.flush()
     assert store.pool.pages_used > 0
     store.release(cmap)
     assert store.pool.pages_used == 0 and store.orig_bytes == 0 and store.chunks == 0

@@ -93,11 +93,13 @@ def istats(mnt) -> dict[str, int]:
 
 
 def write_file(path, data: bytes) -> None:
+    """Write and fsync: stats then show the data compressed in the pool, not staged."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -6,30 +6,40 @@ bytes of that range, the rest of the range reading as zeros. A chunk map only ha
 entries for chunks that got data, so holes cost nothing and a map costs memory in
 proportion to the chunks stored, never to the file size.
 
-An entry is one int: ``payload << 19 | length << 2 | encoding``, where the payload
-is a pool handle (zstd or raw chunks) or the fill word (same-filled chunks, which
-take no pool memory at all). Truncation only lowers ``length``: the object keeps
-its stale tail until the chunk is next written, so shrinking a file never needs to
-allocate and cannot fail.
+An entry is one int: ``payload << 19 | length << 2 | kind``, where the payload is a
+pool handle (zstd or raw chunks), the fill word (same-filled chunks, which take no
+pool memory at all) or a staging slot. Truncation only lowers ``length``: the
+object keeps its stale tail until the chunk is next written, so shrinking a file
+never needs to allocate and cannot fail.
 
-Writes encode first and allocate last. Each new object is allocated before the
-old one is freed, so a write that hits ``mem_limit`` (``PoolFull``) or the
-logical capacity (``NoSpace``) leaves the file's earlier bytes exactly as they
-were; a write that fails part-way reports the bytes it stored before the failure.
-When the pool is full but compaction could free pages, the store compacts once
-and retries before giving up (zram's reason for compaction in the first place).
+Writes are *staged*: a write keeps the new content of each chunk uncompressed and
+answers at once, and a background task compresses staged chunks in batches on
+native threads while the trio thread serves the next requests. This is what lets
+a single writer use both cores (the kernel sends it one request at a time). The
+memory limit still holds at write time: staging a chunk first reserves the pool
+pages its object could take in the worst case, so data that was accepted can
+always be stored. When that reservation does not fit, the write waits for the
+staged chunks to be stored (which returns their unused reservations) and, if
+there is still no room, stores its chunk itself, exactly as much as the pool
+holds: then a write that hits ``mem_limit`` or the logical capacity (``size=``)
+stores nothing and leaves the file's earlier bytes as they were, and one that
+fails part-way reports the bytes it stored before the failure. When the pool is
+full but compaction could free pages, the store compacts once and retries before
+giving up (zram's reason for compaction in the first place). Every new object is
+allocated before the old one is freed. ``flush()`` (fsync) waits until nothing is
+staged.
 
-Concurrency: the store runs on the trio thread; a request spanning several chunks
-has zstd (de)compress them on two native threads in one call (codec.py). A write
-may ``await`` a compaction between gathering old contents and committing new
-objects, so writes and truncates are serialized by one lock (reads are not: a read
-sees each chunk either before or after it commits).
+Concurrency: the store runs on the trio thread except for the compression of a
+batch, which works on contents that are never modified (a rewrite replaces a
+staged content and bumps its version; a stale result is dropped). Writes and
+truncates are serialized by one lock, since a write may ``await`` (backpressure,
+compaction); reads are not: a read sees each chunk either before or after a change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Union
 
 import trio
 
@@ -40,6 +50,15 @@ _LEN_SHIFT = 2
 _PAYLOAD_SHIFT = 19
 _LEN_MASK = (1 << 17) - 1
 _KIND_MASK = 3
+_STAGED = 3                    # the entry kind beside Encoding's three: payload = staging slot
+
+STAGING_LIMIT = 8 << 20        # staged bytes past which a write waits for the compressors
+BATCH_BYTES = 1 << 20          # staged bytes compressed in one call
+GATHER_SECONDS = 0.002         # how long a small batch waits for more (random writes, small files)
+COMPRESSORS = 2                # batches compressed at once, one thread each: one commits
+                               # on the trio thread while the other compresses
+
+Content = Union[bytes, bytearray, memoryview]
 
 
 def _fill_cost(word: int) -> int:
@@ -115,6 +134,27 @@ class ChunkMap:
         self._dict = None
 
 
+class _Staged:
+    """A chunk's accepted content, waiting to be compressed into the pool.
+
+    ``content`` is never modified once set (a compression thread may be reading
+    it): a rewrite replaces it and bumps ``version``. ``old`` is the entry the
+    chunk had before it was staged, whose object is freed only when the new one
+    is stored; ``pages`` is the pool reservation that guarantees that it can be.
+    """
+
+    __slots__ = ("cmap", "index", "content", "version", "old", "pages")
+
+    def __init__(self, cmap: ChunkMap, index: int, content: Content, old: int | None,
+                 pages: int) -> None:
+        self.cmap = cmap
+        self.index = index
+        self.content = content
+        self.version = 0
+        self.old = old
+        self.pages = pages
+
+
 @dataclass(frozen=True)
 class StoreStats:
     """Counters of the chunk store.
@@ -124,6 +164,7 @@ class StoreStats:
         chunks: chunks held; same_chunks: of them same-filled (no pool memory);
         huge_chunks: of them stored uncompressed;
         huge_chunks_since: chunks ever stored uncompressed (zram's huge_pages_since).
+        staged_bytes: of orig_bytes, bytes accepted but not compressed yet.
     """
 
     orig_bytes: int
@@ -131,6 +172,7 @@ class StoreStats:
     same_chunks: int
     huge_chunks: int
     huge_chunks_since: int
+    staged_bytes: int
 
 
 class ChunkStore:
@@ -153,24 +195,35 @@ class ChunkStore:
         self.capacity = capacity
         self.make_room = make_room
         self.codec = Codec(level, raw_threshold=pool.huge_class_size)
+        self._idle_codecs = [Codec(level, pool.huge_class_size, threads=1)
+                             for _ in range(COMPRESSORS)]        # zstd contexts are per thread
+        self._batches = 0                                        # batches being compressed
         self.orig_bytes = 0
         self.chunks = 0
         self.same_chunks = 0
         self.huge_chunks = 0
         self.huge_chunks_since = 0
+        self.staged_bytes = 0
+        self._staged: dict[int, _Staged] = {}
+        self._pending: dict[int, None] = {}          # slots to compress, oldest first
+        self._next_slot = 1
+        self._work = trio.Event()                    # set when something is staged
+        self._batch_end = trio.Event()               # set (and replaced) when a batch ends
         self._write_lock = trio.Lock()
 
     def stats(self) -> StoreStats:
         return StoreStats(self.orig_bytes, self.chunks, self.same_chunks, self.huge_chunks,
-                          self.huge_chunks_since)
+                          self.huge_chunks_since, self.staged_bytes)
 
     # -- reading ------------------------------------------------------------------
 
-    def _content(self, entry: int) -> bytes | memoryview:
+    def _content(self, entry: int) -> Content:
         """The chunk's content, exactly ``length`` bytes."""
         kind = entry & _KIND_MASK
         length = (entry >> _LEN_SHIFT) & _LEN_MASK
         payload = entry >> _PAYLOAD_SHIFT
+        if kind == _STAGED:
+            return self._staged[payload].content
         if kind == Encoding.FILL:
             return fill_bytes(payload, length)
         data = self.pool.read(payload)
@@ -225,33 +278,164 @@ class ChunkStore:
         Raises:
             NoSpace: not even the first chunk could be stored.
         """
-        async with self._write_lock:
-            pieces = self._new_contents(cmap, offset, memoryview(data).cast("B"))
-            encoded = self.codec.encode_many([content for _, content in pieces])
+        await self._lock()
+        try:
             written = 0
-            for (idx, content), (kind, payload) in zip(pieces, encoded):
+            for idx, content in self._new_contents(cmap, offset, memoryview(data).cast("B")):
                 try:
-                    try:
-                        self._commit(cmap, idx, len(content), kind, payload)
-                    except PoolFull:
-                        await self._commit_after_making_room(cmap, idx, len(content), kind, payload)
+                    if not self._stage(cmap, idx, content):
+                        await self.flush()
+                        if not self._stage(cmap, idx, content):
+                            await self._store_now(cmap, idx, content)
                 except NoSpace:
                     if written:
                         break
                     raise
                 written += self._covered(offset, len(data), idx)
+            while self.staged_bytes > STAGING_LIMIT:
+                await self._flush_step()
             return written
+        finally:
+            self._write_lock.release()
 
-    async def _commit_after_making_room(self, cmap: ChunkMap, idx: int, length: int,
-                                        kind: Encoding, payload: Payload) -> None:
-        """The pool was full: if compaction can free pages, compact and commit again."""
-        if self.make_room is None or not self.pool.freeable():
-            raise NoSpace("memory limit reached (mem_limit=)")
-        await self.make_room()
+    async def _lock(self) -> None:
+        """Take the write lock, without a trip through the scheduler when it is free.
+
+        (``Lock.acquire`` always yields; that is a scheduler pass per request.)
+        """
         try:
-            self._commit(cmap, idx, length, kind, payload)
+            self._write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._write_lock.acquire()
+
+    def _stage(self, cmap: ChunkMap, idx: int, content: Content) -> bool:
+        """Accept ``content`` as chunk ``idx``'s new content, to be compressed later.
+
+        Returns False, changing nothing, when the pool cannot reserve the room the
+        content might need. Raises NoSpace past the logical capacity.
+        """
+        entry = cmap.get(idx)
+        length = len(content)
+        old_len = 0 if entry is None else (entry >> _LEN_SHIFT) & _LEN_MASK
+        if self.capacity and self.orig_bytes - old_len + length > self.capacity:
+            raise NoSpace("file system full (size=)")
+        pages = self.pool.worst_case_pages(length)
+        if entry is not None and entry & _KIND_MASK == _STAGED:
+            slot = entry >> _PAYLOAD_SHIFT
+            staged = self._staged[slot]
+            if pages > staged.pages:
+                try:
+                    self.pool.reserve(pages - staged.pages)
+                except PoolFull:
+                    return False
+                staged.pages = pages
+            grown = length - len(staged.content)
+            staged.content = content
+            staged.version += 1
+        else:
+            try:
+                self.pool.reserve(pages)
+            except PoolFull:
+                return False
+            if entry is not None:
+                self._uncount(cmap, entry)
+            slot = self._next_slot
+            self._next_slot += 1
+            self._staged[slot] = _Staged(cmap, idx, content, entry, pages)
+            self.chunks += 1
+            grown = length
+        self.staged_bytes += grown
+        cmap.stored_bytes += grown
+        self.orig_bytes += length - old_len
+        cmap[idx] = (slot << _PAYLOAD_SHIFT) | (length << _LEN_SHIFT) | _STAGED
+        self._pending[slot] = None
+        self._work.set()
+        return True
+
+    async def _store_now(self, cmap: ChunkMap, idx: int, content: Content) -> None:
+        """Compress and store one chunk in the request: the pool is (nearly) full."""
+        kind, payload = self.codec.encode(content)
+        try:
+            self._commit(cmap, idx, len(content), kind, payload)
         except PoolFull:
-            raise NoSpace("memory limit reached (mem_limit=)") from None
+            if self.make_room is None or not self.pool.freeable():
+                raise NoSpace("memory limit reached (mem_limit=)") from None
+            await self.make_room()
+            try:
+                self._commit(cmap, idx, len(content), kind, payload)
+            except PoolFull:
+                raise NoSpace("memory limit reached (mem_limit=)") from None
+
+    # -- the compressor ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Compress staged chunks in the background, forever (a task of the daemon)."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(COMPRESSORS):
+                nursery.start_soon(self._compressor)
+
+    async def _compressor(self) -> None:
+        while True:
+            while not self._pending:
+                if self._work.is_set():
+                    self._work = trio.Event()
+                await self._work.wait()
+            if self.staged_bytes < BATCH_BYTES:
+                await trio.sleep(GATHER_SECONDS)
+            await self._flush_step()
+
+    async def flush(self) -> None:
+        """Return when every staged chunk is compressed and stored (what fsync waits for)."""
+        while self._pending or self._batches:
+            await self._flush_step()
+
+    async def _flush_step(self) -> None:
+        """Compress a batch if a compressor is free, else wait for a batch to end."""
+        if not (self._pending and self._idle_codecs):
+            await self._batch_end.wait()
+            return
+        codec = self._idle_codecs.pop()
+        self._batches += 1
+        try:
+            await self._compress_batch(codec)
+        finally:
+            self._idle_codecs.append(codec)
+            self._batches -= 1
+            ended, self._batch_end = self._batch_end, trio.Event()
+            ended.set()
+
+    async def _compress_batch(self, codec: Codec) -> None:
+        batch = []
+        size = 0
+        for slot in self._pending:
+            staged = self._staged[slot]
+            batch.append((slot, staged, staged.version))
+            size += len(staged.content)
+            if size >= BATCH_BYTES:
+                break
+        for slot, _, _ in batch:
+            del self._pending[slot]
+        contents = [staged.content for _, staged, _ in batch]
+        try:
+            encoded = await trio.to_thread.run_sync(codec.encode_many, contents)
+        except BaseException:
+            for slot, _, _ in batch:
+                if slot in self._staged:
+                    self._pending[slot] = None
+            raise
+        for (slot, staged, version), (kind, payload) in zip(batch, encoded):
+            if self._staged.get(slot) is staged and staged.version == version:
+                self._commit_staged(staged, kind, payload)
+
+    def _commit_staged(self, staged: _Staged, kind: Encoding, payload: Payload) -> None:
+        """Store a staged chunk's encoded content under its reservation."""
+        cmap, idx = staged.cmap, staged.index
+        entry = cmap.get(idx)
+        assert entry is not None
+        value, stored = self._place(kind, payload, staged.pages)
+        staged.pages = 0
+        self._drop(cmap, entry)
+        self._install(cmap, idx, (entry >> _LEN_SHIFT) & _LEN_MASK, kind, value, stored)
 
     def _covered(self, offset: int, length: int, idx: int) -> int:
         """Bytes of the write ``[offset, offset + length)`` that fall in chunk ``idx``."""
@@ -292,14 +476,27 @@ class ChunkStore:
         old_len = 0 if old is None else (old >> _LEN_SHIFT) & _LEN_MASK
         if self.capacity and self.orig_bytes - old_len + length > self.capacity:
             raise NoSpace("file system full (size=)")
-        if kind == Encoding.FILL:
-            value = payload
-            stored = _fill_cost(value)
-        else:
-            value = self._store(payload)
-            stored = len(payload)
+        value, stored = self._place(kind, payload, 0)
         if old is not None:
             self._drop(cmap, old)
+        self._install(cmap, idx, length, kind, value, stored)
+
+    def _place(self, kind: Encoding, payload: Payload, reserved: int) -> tuple[int, int]:
+        """Put an encoded content where it lives: (entry payload, bytes it holds).
+
+        ``reserved`` pool pages, if any, are used up (or given back for a fill).
+        """
+        if kind == Encoding.FILL:
+            self.pool.unreserve(reserved)
+            return payload, _fill_cost(payload)   # type: ignore[arg-type]
+        size = len(payload)                        # type: ignore[arg-type]
+        handle = (self.pool.malloc_reserved(size, reserved) if reserved
+                  else self.pool.malloc(size))
+        self.pool.write(handle, payload)           # type: ignore[arg-type]
+        return handle, size
+
+    def _install(self, cmap: ChunkMap, idx: int, length: int, kind: Encoding, value: int,
+                 stored: int) -> None:
         cmap[idx] = (value << _PAYLOAD_SHIFT) | (length << _LEN_SHIFT) | kind
         cmap.stored_bytes += stored
         self.orig_bytes += length
@@ -310,39 +507,69 @@ class ChunkStore:
             self.huge_chunks += 1
             self.huge_chunks_since += 1
 
-    def _store(self, payload: Payload) -> int:
-        handle = self.pool.malloc(len(payload))
-        self.pool.write(handle, payload)
-        return handle
-
     def _drop(self, cmap: ChunkMap, entry: int) -> None:
-        """Forget one entry's storage and counters (the caller removes or replaces it)."""
+        """Forget one entry: its counters and its storage (the caller removes or replaces it)."""
+        self._uncount(cmap, entry)
+        self._free(entry)
+
+    def _uncount(self, cmap: ChunkMap, entry: int) -> None:
         kind = entry & _KIND_MASK
+        payload = entry >> _PAYLOAD_SHIFT
         self.orig_bytes -= (entry >> _LEN_SHIFT) & _LEN_MASK
         self.chunks -= 1
         if kind == Encoding.FILL:
             self.same_chunks -= 1
-            cmap.stored_bytes -= _fill_cost(entry >> _PAYLOAD_SHIFT)
-            return
-        handle = entry >> _PAYLOAD_SHIFT
-        cmap.stored_bytes -= self.pool.size(handle)
-        self.pool.free(handle)
-        if kind == Encoding.RAW:
-            self.huge_chunks -= 1
+            cmap.stored_bytes -= _fill_cost(payload)
+        elif kind == _STAGED:
+            held = len(self._staged[payload].content)
+            self.staged_bytes -= held
+            cmap.stored_bytes -= held
+        else:
+            cmap.stored_bytes -= self.pool.size(payload)
+            if kind == Encoding.RAW:
+                self.huge_chunks -= 1
+
+    def _free(self, entry: int) -> None:
+        """Free what an uncounted entry holds: its object, or its staging and what that kept."""
+        kind = entry & _KIND_MASK
+        payload = entry >> _PAYLOAD_SHIFT
+        if kind == _STAGED:
+            staged = self._staged.pop(payload)
+            self._pending.pop(payload, None)
+            self.pool.unreserve(staged.pages)
+            if staged.old is not None:
+                self._free(staged.old)
+        elif kind != Encoding.FILL:
+            self.pool.free(payload)
 
     # -- truncating and freeing ----------------------------------------------------
 
     async def truncate(self, cmap: ChunkMap, size: int) -> None:
         """Drop the contents at and beyond ``size``."""
-        async with self._write_lock:
+        await self._lock()
+        try:
             cs = self.chunk_size
             for idx in [i for i in cmap.indexes() if i * cs >= size]:
                 self._drop(cmap, cmap.pop(idx))
             idx, keep = divmod(size, cs)
             entry = cmap.get(idx)
-            if entry is not None and (entry >> _LEN_SHIFT) & _LEN_MASK > keep:
-                self.orig_bytes -= ((entry >> _LEN_SHIFT) & _LEN_MASK) - keep
-                cmap[idx] = entry & ~(_LEN_MASK << _LEN_SHIFT) | (keep << _LEN_SHIFT)
+            if entry is None or (entry >> _LEN_SHIFT) & _LEN_MASK <= keep:
+                return
+            cut = ((entry >> _LEN_SHIFT) & _LEN_MASK) - keep
+            self.orig_bytes -= cut
+            cmap[idx] = entry & ~(_LEN_MASK << _LEN_SHIFT) | (keep << _LEN_SHIFT)
+            if entry & _KIND_MASK == _STAGED:
+                # A staged content is exactly its chunk's length: cut it, compress again.
+                slot = entry >> _PAYLOAD_SHIFT
+                staged = self._staged[slot]
+                staged.content = staged.content[:keep]
+                staged.version += 1
+                self.staged_bytes -= cut
+                cmap.stored_bytes -= cut
+                self._pending[slot] = None
+                self._work.set()
+        finally:
+            self._write_lock.release()
 
     def release(self, cmap: ChunkMap) -> None:
         """Free every chunk of a file that is gone."""

@@ -23,8 +23,7 @@ from typing import Sequence, Union
 import zstandard
 
 FILL_WORD = 8
-THREADS = 2   # native zstd threads per multi-chunk call: a deliberate cap, zsfs's request path
-              # runs on one core and two more threads would only contend with it
+THREADS = 2   # native zstd threads per multi-chunk call made on the trio thread
 
 Buffer = Union[bytes, bytearray, memoryview]
 Payload = Union[int, Buffer, "zstandard.BufferSegment"]
@@ -61,11 +60,13 @@ class Codec:
     Args:
         level: zstd compression level (negative levels are zstd's fast modes).
         raw_threshold: compressed sizes at or above this are not worth keeping.
+        threads: native threads a multi-chunk call spreads its frames over.
     """
 
-    def __init__(self, level: int, raw_threshold: int) -> None:
+    def __init__(self, level: int, raw_threshold: int, threads: int = THREADS) -> None:
         self.level = level
         self.raw_threshold = raw_threshold
+        self.threads = threads
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._decompressor = zstandard.ZstdDecompressor()
 
@@ -74,7 +75,7 @@ class Codec:
         return self.encode_many([chunk])[0]
 
     def encode_many(self, chunks: Sequence[Buffer]) -> list[tuple[Encoding, Payload]]:
-        """Encode several chunks; zstd compresses them on two threads in one C call.
+        """Encode several chunks; zstd compresses them on ``threads`` threads in one C call.
 
         Handing chunks to Python threads costs tens of microseconds each way;
         python-zstandard's multi-frame API spreads them over native threads instead.
@@ -89,7 +90,7 @@ class Codec:
                 results[i] = (Encoding.FILL, word)
         cctx = self._compressor
         if len(todo) > 1:
-            frames = cctx.multi_compress_to_buffer([chunks[i] for i in todo], threads=THREADS)
+            frames = cctx.multi_compress_to_buffer([chunks[i] for i in todo], threads=self.threads)
             compressed = [frames[k] for k in range(len(todo))]
         else:
             compressed = [cctx.compress(chunks[i]) for i in todo]
@@ -105,8 +106,8 @@ class Codec:
         return self._decompressor.decompress(payload)
 
     def decompress_many(self, payloads: Sequence[Buffer]) -> list[Buffer]:
-        """Decompress several frames, on two native threads when there are several."""
+        """Decompress several frames, on ``threads`` native threads when there are several."""
         if len(payloads) < 2:
             return [self.decompress(p) for p in payloads]
-        frames = self._decompressor.multi_decompress_to_buffer(payloads, threads=THREADS)
+        frames = self._decompressor.multi_decompress_to_buffer(payloads, threads=self.threads)
         return [memoryview(frames[k]) for k in range(len(payloads))]

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from .arena import PAGE_SIZE
 from .chunkstore import ChunkStore
 from .compactor import Compactor
 from .options import OptionError, parse_value
@@ -171,6 +172,8 @@ class Control:
             ("mem_used_total", mem_used),
             ("mem_limit", pool.mem_limit),
             ("mem_used_max", pool.mem_used_max),
+            ("staged_data_size", store.staged_bytes),
+            ("mem_reserved", pool.reserved_pages * PAGE_SIZE),
             ("same_chunks", store.same_chunks),
             ("huge_chunks", store.huge_chunks),
             ("huge_chunks_since", store.huge_chunks_since),

@@ -121,6 +121,7 @@ class Operations(pyfuse3.Operations):
         """Serve requests until unmounted, with the background compactor running."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.compactor.run)
+            nursery.start_soon(self.store.run)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -347,7 +348,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def fsync(self, fh: int, datasync: bool) -> None:
-        pass
+        await self.store.flush()
 
     # -- directories -------------------------------------------------------------------
 
@@ -404,8 +405,9 @@ class Operations(pyfuse3.Operations):
         if store.capacity:
             free_candidates.append(max(0, store.capacity // PAGE_SIZE - used))
         if pool.mem_limit:
-            ratio = max(1.0, store.orig_bytes / (pool.pages_used * PAGE_SIZE)) if pool.pages_used else 1.0
-            room = max(0, pool.mem_limit - pool.pages_used * PAGE_SIZE)
+            held = pool.pages_used * PAGE_SIZE
+            ratio = max(1.0, (store.orig_bytes - store.staged_bytes) / held) if held else 1.0
+            room = max(0, pool.mem_limit - held - pool.reserved_pages * PAGE_SIZE)
             free_candidates.append(int(room * ratio) // PAGE_SIZE)
         free = min(free_candidates) if free_candidates else 0
         s = StatvfsData()

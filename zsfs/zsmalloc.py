@@ -192,6 +192,7 @@ class PoolStats:
         mem_limit: the limit in force, bytes (0 = none).
         obj_bytes: exact bytes of live objects; objects: live objects.
         pages_compacted: pages freed by compaction since the pool was made.
+        reserved_pages: pages promised to allocations still to come (reserve()).
         frag_ratio: obj_bytes / mem_used (1.0 for an empty pool).
         classes: per-class rows, non-empty classes only.
     """
@@ -203,6 +204,7 @@ class PoolStats:
     obj_bytes: int
     objects: int
     pages_compacted: int
+    reserved_pages: int
     frag_ratio: float
     classes: tuple[ClassStats, ...]
 
@@ -253,6 +255,16 @@ class Pool:
         self.obj_bytes = 0
         self._scattered_bytes = 0          # page arrays of non-contiguous zspages
         self.pages_compacted = 0
+        #: Pages promised to objects not allocated yet (see reserve()).
+        self.reserved_pages = 0
+        self._grace = 0                    # pages malloc_reserved() may take past the limit
+        # Prefix maxima of pages_per_zspage by lookup index: the longest chain a
+        # new zspage for an object of at most a given size can need.
+        longest = 0
+        self._worst_pages = []
+        for cls in self._class_lookup:
+            longest = max(longest, cls.pages_per_zspage)
+            self._worst_pages.append(longest)
 
     @property
     def pages_used(self) -> int:
@@ -329,12 +341,61 @@ class Pool:
                 return next(iter(group))
         return self._new_zspage(cls)
 
+    def _check_room(self, npages: int) -> None:
+        """Raise PoolFull unless ``npages`` more pages fit beside those in use or reserved."""
+        if npages <= self._grace:
+            return
+        wanted = self.pages_used + self.reserved_pages + npages
+        if self.mem_limit and wanted * PAGE_SIZE > self.mem_limit:
+            raise PoolFull(f"pool would exceed mem_limit of {self.mem_limit} bytes")
+        if wanted > self.arena.capacity_pages:
+            raise PoolFull(f"arena of {self.arena.capacity_pages} pages is exhausted")
+
+    def worst_case_pages(self, size: int) -> int:
+        """Pages that storing any object of at most ``size`` bytes may take from the arena.
+
+        An object needs new pages only when its class has no zspage with room, and
+        then it needs one whole zspage of that class: so the bound is the longest
+        chain among the classes up to ``size``'s.
+        """
+        if not 0 < size <= self.max_object_size:
+            raise ValueError(f"object size {size} outside 1..{self.max_object_size}")
+        return self._worst_pages[(size + self._lookup_bias) // self.delta]
+
+    def reserve(self, pages: int) -> None:
+        """Promise ``pages`` arena pages to allocations that will come later.
+
+        Reserved pages count against ``mem_limit`` for everyone else, so data
+        accepted now can still be stored when it has been compressed.
+
+        Raises:
+            PoolFull: the pages do not fit; nothing is reserved.
+        """
+        self._check_room(pages)
+        self.reserved_pages += pages
+
+    def unreserve(self, pages: int) -> None:
+        """Give back pages from reserve(), before allocating against them or instead."""
+        if not 0 <= pages <= self.reserved_pages:
+            raise ValueError(f"cannot unreserve {pages} of {self.reserved_pages} reserved pages")
+        self.reserved_pages -= pages
+
+    def malloc_reserved(self, size: int, pages: int) -> int:
+        """malloc() against ``pages`` from reserve(), which it consumes.
+
+        It cannot fail for an object the reservation covers (worst_case_pages),
+        even when ``mem_limit`` has been lowered since: what was promised is kept.
+        """
+        self.unreserve(pages)
+        self._grace = pages
+        try:
+            return self.malloc(size)
+        finally:
+            self._grace = 0
+
     def _new_zspage(self, cls: SizeClass) -> ZsPage:
         npages = cls.pages_per_zspage
-        if self.mem_limit and (self.pages_used + npages) * PAGE_SIZE > self.mem_limit:
-            raise PoolFull(f"pool would exceed mem_limit of {self.mem_limit} bytes")
-        if self.arena.pages_free < npages:
-            raise PoolFull(f"arena of {self.arena.capacity_pages} pages is exhausted")
+        self._check_room(npages)
         pages = [self.arena.alloc_page() for _ in range(npages)]
         if self._free_zspage_ids:
             zspage_id = self._free_zspage_ids.pop()
@@ -601,7 +662,7 @@ class Pool:
             pages_used=self.pages_used, mem_used=mem_used,
             mem_used_max=self.arena.pages_max * PAGE_SIZE, mem_limit=self.mem_limit,
             obj_bytes=self.obj_bytes, objects=sum(c.obj_used for c in self._classes),
-            pages_compacted=self.pages_compacted,
+            pages_compacted=self.pages_compacted, reserved_pages=self.reserved_pages,
             frag_ratio=self.obj_bytes / mem_used if mem_used else 1.0,
             classes=tuple(rows),
         )
