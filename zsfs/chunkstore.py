@@ -54,7 +54,7 @@ _STAGED = 3                    # the entry kind beside Encoding's three: payload
 
 STAGING_LIMIT = 8 << 20        # staged bytes past which a write waits for the compressors
 BATCH_BYTES = 1 << 20          # staged bytes compressed in one call
-GATHER_SECONDS = 0.002         # how long a small batch waits for more (random writes, small files)
+GATHER_SECONDS = 0.010         # how long a small batch waits for more (random writes, small files)
 COMPRESSORS = 2                # batches compressed at once, one thread each: one commits
                                # on the trio thread while the other compresses
 
@@ -278,10 +278,12 @@ class ChunkStore:
         Raises:
             NoSpace: not even the first chunk could be stored.
         """
+        if not isinstance(data, bytes):
+            data = bytes(data)        # staged contents are views of it: it must not change
         await self._lock()
         try:
             written = 0
-            for idx, content in self._new_contents(cmap, offset, memoryview(data).cast("B")):
+            for idx, content in self._new_contents(cmap, offset, memoryview(data)):
                 try:
                     if not self._stage(cmap, idx, content):
                         await self.flush()
@@ -346,7 +348,7 @@ class ChunkStore:
             grown = length
         self.staged_bytes += grown
         cmap.stored_bytes += grown
-        self.orig_bytes += length - old_len
+        self.orig_bytes += grown
         cmap[idx] = (slot << _PAYLOAD_SHIFT) | (length << _LEN_SHIFT) | _STAGED
         self._pending[slot] = None
         self._work.set()
@@ -385,14 +387,25 @@ class ChunkStore:
             await self._flush_step()
 
     async def flush(self) -> None:
-        """Return when every staged chunk is compressed and stored (what fsync waits for)."""
-        while self._pending or self._batches:
+        """Return when every chunk staged before the call is compressed and stored.
+
+        What fsync waits for. Chunks staged meanwhile (another writer) do not keep
+        it waiting.
+        """
+        waiting = set(self._staged)
+        while waiting:
+            if not (self._pending or self._batches):
+                # Every staged chunk is queued or in a batch; a failed batch breaks that.
+                raise RuntimeError(f"{len(waiting)} staged chunks are neither queued "
+                                   f"nor being compressed")
             await self._flush_step()
+            waiting.intersection_update(self._staged)
 
     async def _flush_step(self) -> None:
-        """Compress a batch if a compressor is free, else wait for a batch to end."""
+        """Compress a batch if a compressor is free, else wait for a running batch to end."""
         if not (self._pending and self._idle_codecs):
-            await self._batch_end.wait()
+            if self._batches:
+                await self._batch_end.wait()
             return
         codec = self._idle_codecs.pop()
         self._batches += 1
