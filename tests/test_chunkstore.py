@@ -2,10 +2,16 @@
 
 import os
 import random
+import threading
 
 import pytest
+import trio
+import trio.testing
 
+from zsfs import chunkstore
+from zsfs.arena import PAGE_SIZE
 from zsfs.chunkstore import ChunkMap, ChunkStore, NoSpace
+from zsfs.codec import FILL_WORD, Encoding
 from zsfs.zsmalloc import Pool
 
 CHUNK = 16384
@@ -180,3 +186,602 @@ def test_chunk_map_keeps_one_entry_inline():
     with pytest.raises(KeyError):
         cmap.pop(5)
     assert cmap.pop(7) == 70 and len(cmap) == 0
+
+
+# -- staged writes ----------------------------------------------------------------------
+#
+# A write keeps each chunk's new content uncompressed ("staged") under a pool
+# reservation; the compressors (ChunkStore.run) or flush() store it later.
+
+STAGED = 3                     # the entry kind of a staged chunk (module docstring)
+HANG = 120                     # seconds: fail rather than hang if the compressors deadlock
+
+
+def parts(entry: int) -> tuple[int, int, int]:
+    """(kind, length, payload) of a chunk map entry: ``payload << 19 | length << 2 | kind``."""
+    return entry & 3, (entry >> 2) & ((1 << 17) - 1), entry >> 19
+
+
+def model_write(model: bytearray, offset: int, data: bytes) -> None:
+    if len(model) < offset + len(data):
+        model.extend(bytes(offset + len(data) - len(model)))
+    model[offset:offset + len(data)] = data
+
+
+def model_truncate(model: bytearray, size: int) -> None:
+    if size < len(model):
+        del model[size:]
+    else:
+        model.extend(bytes(size - len(model)))
+
+
+def check_store(store: ChunkStore, maps, check_orig: bool = False) -> None:
+    """Nothing staged, and every counter agrees with the entries of ``maps`` (all live files)."""
+    pool = store.pool
+    assert store.staged_bytes == 0 and store.stats().staged_bytes == 0
+    assert not store._staged and not store._pending
+    assert pool.reserved_pages == 0 == pool.stats().reserved_pages
+    handles = []
+    lengths = chunks = fills = raws = 0
+    for cmap in maps:
+        stored = 0
+        for idx in cmap.indexes():
+            kind, length, payload = parts(cmap.get(idx))
+            assert kind != STAGED, "a staged entry after flush()"
+            assert 0 < length <= store.chunk_size
+            lengths += length
+            chunks += 1
+            if kind == Encoding.FILL:
+                fills += 1
+                stored += FILL_WORD if payload else 0
+            else:
+                handles.append(payload)
+                size = pool.size(payload)
+                stored += size
+                if kind == Encoding.RAW:
+                    raws += 1
+                    assert size >= length          # the chunk as it was (maybe cut since)
+        assert cmap.stored_bytes == stored
+    assert len(set(handles)) == len(handles)
+    s = pool.stats()
+    assert s.objects == len(handles)
+    assert s.obj_bytes == sum(pool.size(h) for h in handles)
+    assert store.chunks == chunks and store.same_chunks == fills and store.huge_chunks == raws
+    if check_orig:
+        assert store.orig_bytes == lengths
+
+
+async def test_a_write_is_staged_and_flush_stores_it():
+    store = make_store()
+    pool = store.pool
+    cmap = ChunkMap()
+    data = text(3 * CHUNK + 100, seed=11)
+    assert await store.write(cmap, 0, data) == len(data)
+    # accepted, readable, reserved, but not in the pool yet
+    assert read_all(store, cmap, len(data)) == data
+    assert store.read(cmap, CHUNK - 50, 100) == data[CHUNK - 50:CHUNK + 50]
+    assert store.stats().staged_bytes == store.staged_bytes == len(data)
+    assert store.orig_bytes == len(data) and store.chunks == 4
+    assert cmap.stored_bytes == len(data)             # staged contents count as they are
+    assert [parts(cmap.get(i))[0] for i in range(4)] == [STAGED] * 4
+    assert pool.reserved_pages == 3 * pool.worst_case_pages(CHUNK) + pool.worst_case_pages(100)
+    assert pool.stats().objects == 0 and pool.pages_used == 0
+    await store.flush()
+    assert store.staged_bytes == 0 and pool.reserved_pages == 0
+    assert pool.stats().objects == 4 and pool.pages_used > 0
+    assert read_all(store, cmap, len(data)) == data
+    assert store.orig_bytes == len(data) and store.chunks == 4
+    assert 0 < cmap.stored_bytes < len(data)
+    check_store(store, [cmap], check_orig=True)
+    await store.flush()                                # nothing to do: returns at once
+    assert read_all(store, cmap, len(data)) == data
+
+
+async def test_rewriting_a_staged_chunk_keeps_one_staging_and_the_larger_reservation():
+    store = make_store()
+    pool = store.pool
+    cmap = ChunkMap()
+    await store.write(cmap, 0, b"x" * 10)
+    small = pool.reserved_pages
+    assert small == pool.worst_case_pages(10)
+    await store.write(cmap, 10, text(CHUNK - 10))      # grows the staged chunk
+    assert pool.reserved_pages == pool.worst_case_pages(CHUNK) > small
+    assert store.staged_bytes == CHUNK == store.orig_bytes == cmap.stored_bytes
+    assert store.chunks == 1 and len(store._staged) == 1
+    await store.truncate(cmap, 5)                      # cut: the reservation stays
+    assert store.staged_bytes == 5 == store.orig_bytes == cmap.stored_bytes
+    assert pool.reserved_pages == pool.worst_case_pages(CHUNK)
+    assert read_all(store, cmap, 20) == b"x" * 5 + bytes(15)
+    await store.flush()
+    assert read_all(store, cmap, 20) == b"x" * 5 + bytes(15)
+    check_store(store, [cmap], check_orig=True)
+
+
+async def mixed_workload(seed: int, gather: bool, monkeypatch) -> tuple[ChunkStore, list]:
+    """Random writes, overwrites of the same chunks and truncates over three files,
+    with the compressors running; every step checked against bytearray models.
+    Returns the flushed store and its live (map, model) pairs."""
+    if not gather:
+        monkeypatch.setattr(chunkstore, "GATHER_SECONDS", 0)   # compress at once: more races
+    store = make_store()
+    rng = random.Random(seed)
+    files = [(ChunkMap(), bytearray()) for _ in range(3)]
+    lengths = [1, 8, 100, 3000, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17]
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            for step in range(500):
+                i = rng.randrange(len(files))
+                cmap, model = files[i]
+                op = rng.random()
+                if op < 0.65:
+                    # mostly the first chunks, so the same chunks are rewritten while staged
+                    offset = rng.choice([0, rng.randrange(2 * CHUNK), rng.randrange(6 * CHUNK),
+                                         rng.randrange(4) * CHUNK])
+                    length = rng.choice(lengths)
+                    data = rng.choice([lambda: text(length, seed=step),
+                                       lambda: os.urandom(length),
+                                       lambda: b"\xab" * length,
+                                       lambda: bytes(length)])()
+                    assert await store.write(cmap, offset, data) == length
+                    model_write(model, offset, data)
+                elif op < 0.85:
+                    size = rng.choice([0, rng.randrange(len(model) + 1), rng.randrange(7 * CHUNK),
+                                       len(model) + rng.randrange(2 * CHUNK)])
+                    await store.truncate(cmap, size)
+                    model_truncate(model, size)
+                elif op < 0.90:
+                    store.release(cmap)
+                    assert cmap.stored_bytes == 0 and len(cmap) == 0
+                    files[i] = (ChunkMap(), bytearray())
+                elif op < 0.93:
+                    await store.flush()
+                    assert store.staged_bytes == 0 and store.pool.reserved_pages == 0
+                if rng.random() < 0.1:
+                    await trio.testing.wait_all_tasks_blocked()
+                else:
+                    await trio.sleep(0)
+                for cmap, model in files:
+                    assert read_all(store, cmap, len(model)) == model, f"step {step}"
+                cmap, model = files[rng.randrange(len(files))]
+                if model:
+                    at = rng.randrange(len(model))
+                    n = rng.randrange(1, 3 * CHUNK)
+                    assert store.read(cmap, at, n) == bytes(model[at:at + n]).ljust(n, b"\0")
+            await store.flush()
+            nursery.cancel_scope.cancel()
+    for cmap, model in files:
+        assert read_all(store, cmap, len(model)) == model
+    return store, files
+
+
+@pytest.mark.parametrize("seed, gather", [(1, True), (2, False), (3, False)])
+async def test_concurrent_writes_overwrites_and_truncates_match_a_model(seed, gather,
+                                                                        monkeypatch):
+    store, files = await mixed_workload(seed, gather, monkeypatch)
+    check_store(store, [cmap for cmap, _ in files])
+    for cmap, _ in files:
+        store.release(cmap)
+    assert store.pool.pages_used == 0 and store.pool.reserved_pages == 0
+    assert store.chunks == 0 and store.staged_bytes == 0
+
+
+async def test_concurrent_writes_keep_orig_bytes(monkeypatch):
+    """orig_bytes is the sum of chunk lengths (staging over a stored chunk once
+    subtracted the stored chunk's length twice)."""
+    store, files = await mixed_workload(4, False, monkeypatch)
+    check_store(store, [cmap for cmap, _ in files], check_orig=True)
+
+
+async def test_overwriting_a_stored_chunk_keeps_orig_bytes():
+    """Staging over a stored chunk uncounts it once (it once did twice)."""
+    store = make_store()
+    cmap = ChunkMap()
+    await store.write(cmap, 0, text(2 * CHUNK + 500))
+    await store.flush()
+    assert store.orig_bytes == 2 * CHUNK + 500
+    await store.write(cmap, 100, b"new")            # rewrites stored chunk 0 (staged)
+    assert store.orig_bytes == 2 * CHUNK + 500
+    await store.flush()
+    assert store.orig_bytes == 2 * CHUNK + 500
+
+
+async def test_capacity_holds_after_overwriting_stored_chunks():
+    """Rewriting in place needs no capacity, and frees none (a lost orig_bytes once
+    let the store grow past size=)."""
+    store = make_store(capacity=2 * CHUNK)
+    cmap = ChunkMap()
+    assert await store.write(cmap, 0, text(2 * CHUNK)) == 2 * CHUNK
+    await store.flush()
+    assert await store.write(cmap, 0, text(2 * CHUNK, seed=1)) == 2 * CHUNK   # in place
+    await store.flush()
+    with pytest.raises(NoSpace):
+        await store.write(cmap, 2 * CHUNK, text(CHUNK, seed=2))
+
+
+async def test_compressors_store_staged_chunks_without_flush():
+    store = make_store()
+    cmap = ChunkMap()
+    data = text(5 * CHUNK, seed=12) + os.urandom(CHUNK) + b"\x11" * CHUNK + text(3, seed=13)
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            assert await store.write(cmap, 0, data) == len(data)
+            assert read_all(store, cmap, len(data)) == data
+            with trio.fail_after(30):                  # a bound, not a timing expectation
+                while store.staged_bytes:
+                    await trio.sleep(0.001)
+            assert store.pool.reserved_pages == 0
+            assert read_all(store, cmap, len(data)) == data
+            nursery.cancel_scope.cancel()
+    check_store(store, [cmap], check_orig=True)
+    assert store.same_chunks == 1 and store.huge_chunks == 2   # 3 bytes do not compress either
+
+
+@pytest.mark.parametrize("how", ["fsync", "write at mem_limit"])
+async def test_compressors_keep_working_after_a_flush_took_their_batch(how, mock_clock):
+    """A compressor that wakes from its gather delay to find that flush() (fsync, or a
+    write short of room) took and stored its batch goes back to waiting for work.
+    (It once waited for the end of a batch that nobody ran, and unsynced writes then
+    stayed staged until the next fsync.)"""
+    # The mock clock stands still: the compressors' gather sleep ends only when we jump.
+    store = make_store()
+    pool = store.pool
+    cmap = ChunkMap()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await store.write(cmap, 0, text(1000, seed=1))
+        await trio.testing.wait_all_tasks_blocked()     # both compressors gather more work
+        if how == "fsync":
+            await store.flush()                         # compresses and stores it all
+        else:
+            # room for what is promised only: the write cannot reserve, flushes (the
+            # staged chunk leaves room to spare) and stores its chunk itself
+            pool.mem_limit = (pool.pages_used + pool.reserved_pages) * PAGE_SIZE
+            assert await store.write(cmap, 2 * CHUNK, os.urandom(CHUNK)) == CHUNK
+            assert parts(cmap.get(2))[0] == Encoding.RAW
+            pool.mem_limit = 0
+        assert store.staged_bytes == 0
+        mock_clock.jump(1)                              # the compressors find nothing to do
+        await trio.testing.wait_all_tasks_blocked()
+        await store.write(cmap, CHUNK, text(1000, seed=2))
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1)                              # past any gather delay
+        await trio.testing.wait_all_tasks_blocked()     # a compressor has taken the batch
+        assert not store._pending, "staged chunks that no compressor will ever take"
+        await store.flush()
+        nursery.cancel_scope.cancel()
+    check_store(store, [cmap], check_orig=True)
+
+
+async def test_staging_limit_makes_a_write_wait_for_compression(monkeypatch):
+    monkeypatch.setattr(chunkstore, "STAGING_LIMIT", 3 * CHUNK)
+    store = make_store()
+    cmap = ChunkMap()
+    model = bytearray()
+    for step in range(20):
+        data = text(2 * CHUNK + 77 * step, seed=step)
+        await store.write(cmap, step * CHUNK, data)
+        model_write(model, step * CHUNK, data)
+        assert store.staged_bytes <= 3 * CHUNK
+        assert read_all(store, cmap, len(model)) == model
+    await store.flush()
+    check_store(store, [cmap])
+
+
+@pytest.mark.parametrize("limit", ["used", "half", "one page", "background"])
+async def test_lowered_mem_limit_still_stores_what_was_staged(limit):
+    store = make_store()
+    pool = store.pool
+    a, b = ChunkMap(), ChunkMap()
+    ma, mb = bytearray(), bytearray()
+    await store.write(a, 0, data := text(4 * CHUNK, seed=1))
+    model_write(ma, 0, data)
+    await store.flush()
+    # staged: compressible, incompressible, same-filled, short, and over stored chunks
+    for cmap, model, off, data in [
+            (b, mb, 0, text(2 * CHUNK, seed=2) + os.urandom(2 * CHUNK) + b"\xab" * CHUNK
+             + bytes(CHUNK) + text(777, seed=3)),
+            (a, ma, CHUNK // 2, os.urandom(CHUNK + 100)),
+            (a, ma, 3 * CHUNK + 5, b"tail")]:
+        await store.write(cmap, off, data)
+        model_write(model, off, data)
+    assert store.staged_bytes > 0 and pool.reserved_pages > 0
+    used = pool.pages_used
+    pool.mem_limit = {"used": used, "half": used // 2, "one page": 1,
+                      "background": used}[limit] * PAGE_SIZE
+    if limit == "background":
+        with trio.fail_after(HANG):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.run)
+                with trio.fail_after(30):
+                    while store.staged_bytes:
+                        await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+    else:
+        await store.flush()
+    assert store.staged_bytes == 0 and pool.reserved_pages == 0
+    assert read_all(store, a, len(ma)) == ma and read_all(store, b, len(mb)) == mb
+    check_store(store, [a, b])
+    assert pool.pages_used * PAGE_SIZE > pool.mem_limit or limit == "used"
+    # what was accepted is kept; nothing new needing a zspage is
+    with pytest.raises(NoSpace):
+        await store.write(ChunkMap(), 0, os.urandom(CHUNK))
+    assert read_all(store, a, len(ma)) == ma and read_all(store, b, len(mb)) == mb
+    check_store(store, [a, b])
+
+
+async def test_mem_limit_part_way_with_staged_chunks_from_an_earlier_write():
+    store = make_store()
+    pool = store.pool
+    cmap = ChunkMap()
+    old = os.urandom(3 * CHUNK)
+    await store.write(cmap, 0, old)                     # staged, not flushed
+    assert pool.reserved_pages == 3 * pool.worst_case_pages(CHUNK) and pool.pages_used == 0
+    # room for exactly what is promised
+    pool.mem_limit = (pool.pages_used + pool.reserved_pages) * PAGE_SIZE
+    big = os.urandom(64 * CHUNK)
+    written = await store.write(cmap, 3 * CHUNK, big)
+    assert 0 < written < len(big) and written % CHUNK == 0
+    assert read_all(store, cmap, 3 * CHUNK + written) == old + big[:written]
+    assert len(cmap) == 3 + written // CHUNK
+    assert store.orig_bytes == 3 * CHUNK + written
+    await store.flush()
+    assert store.staged_bytes == 0 and pool.reserved_pages == 0
+    assert pool.pages_used * PAGE_SIZE <= pool.mem_limit
+    assert read_all(store, cmap, 3 * CHUNK + written) == old + big[:written]
+    check_store(store, [cmap], check_orig=True)
+    # it stored as much as the pool holds: the next chunk does not fit
+    with pytest.raises(NoSpace):
+        await store.write(cmap, 3 * CHUNK + written, os.urandom(CHUNK))
+    assert read_all(store, cmap, 3 * CHUNK + written + CHUNK) == old + big[:written] + bytes(CHUNK)
+    assert store.staged_bytes == 0 and pool.reserved_pages == 0
+
+
+async def test_mem_limit_with_nothing_staged_raises_and_keeps_earlier_bytes():
+    store = make_store()
+    pool = store.pool
+    cmap = ChunkMap()
+    old = os.urandom(3 * CHUNK)
+    await store.write(cmap, 0, old)
+    await store.flush()
+    pool.mem_limit = pool.pages_used * PAGE_SIZE
+    before = (pool.stats(), store.stats(), cmap.stored_bytes)
+    for offset, data in [(CHUNK, os.urandom(CHUNK)), (3 * CHUNK, os.urandom(3 * CHUNK)),
+                         (100, os.urandom(50))]:
+        with pytest.raises(NoSpace):
+            await store.write(cmap, offset, data)
+        assert read_all(store, cmap, 4 * CHUNK) == old + bytes(CHUNK)
+        assert (pool.stats(), store.stats(), cmap.stored_bytes) == before
+        assert store.staged_bytes == 0 and pool.reserved_pages == 0
+
+
+async def test_a_failed_rewrite_of_a_staged_chunk_keeps_its_content():
+    store = make_store()
+    pool = store.pool
+    cmap = ChunkMap()
+    old = os.urandom(100)
+    await store.write(cmap, 0, old)                      # staged under a small reservation
+    pool.mem_limit = (pool.pages_used + pool.reserved_pages) * PAGE_SIZE
+    with pytest.raises(NoSpace):
+        await store.write(cmap, 0, os.urandom(CHUNK))    # needs a 4-page huge zspage
+    assert read_all(store, cmap, CHUNK) == old + bytes(CHUNK - 100)
+    await store.flush()
+    assert read_all(store, cmap, CHUNK) == old + bytes(CHUNK - 100)
+    check_store(store, [cmap], check_orig=True)
+
+
+async def test_release_of_staged_chunks_returns_reservations_and_pages():
+    store = make_store()
+    pool = store.pool
+    keep, gone = ChunkMap(), ChunkMap()
+    kept = text(3 * CHUNK, seed=5)
+    await store.write(keep, 0, kept)
+    await store.write(gone, 0, text(6 * CHUNK, seed=6) + os.urandom(CHUNK))
+    await store.flush()
+    # stage over stored chunks of both files (their old objects wait for the new ones)
+    await store.write(gone, 100, os.urandom(3 * CHUNK))
+    await store.write(gone, 10 * CHUNK, b"\xee" * 999)
+    await store.write(keep, 5 * CHUNK, b"later")
+    assert store.staged_bytes > 0 and pool.reserved_pages > 0
+    store.release(gone)
+    assert gone.stored_bytes == 0 and len(gone) == 0
+    assert pool.reserved_pages == pool.worst_case_pages(5)       # keep's staged chunk only
+    await store.flush()
+    assert pool.pages_used > 0
+    check_store(store, [keep])
+    assert read_all(store, keep, 5 * CHUNK + 5) == kept + bytes(2 * CHUNK) + b"later"
+    store.release(keep)
+    assert pool.pages_used == 0 and pool.reserved_pages == 0
+    assert store.chunks == 0 and store.staged_bytes == 0 and pool.stats().objects == 0
+
+
+# A compression held in its thread until the test lets it go, while the trio
+# thread changes the chunks of the batch.
+
+def hold_compressions(store: ChunkStore, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    started, go = threading.Event(), threading.Event()
+    for codec in store._idle_codecs:
+        encode_many = codec.encode_many
+
+        def held(chunks, encode_many=encode_many):
+            started.set()
+            assert go.wait(30), "the test never let the compression finish"
+            return encode_many(chunks)
+
+        monkeypatch.setattr(codec, "encode_many", held)
+    return started, go
+
+
+async def rewrite_longer(store, cmap, model):
+    data = text(CHUNK, seed=21)
+    await store.write(cmap, 0, data)
+    model_write(model, 0, data)
+
+
+async def rewrite_shorter(store, cmap, model):
+    await store.write(cmap, 10, b"short")
+    model_write(model, 10, b"short")
+
+
+async def rewrite_filled(store, cmap, model):
+    await store.write(cmap, 0, b"\xcd" * 5000)
+    model_write(model, 0, b"\xcd" * 5000)
+
+
+async def rewrite_incompressible(store, cmap, model):
+    data = os.urandom(5000)
+    await store.write(cmap, 0, data)
+    model_write(model, 0, data)
+
+
+async def cut(store, cmap, model):
+    await store.truncate(cmap, 3000)
+    model_truncate(model, 3000)
+
+
+async def cut_and_extend(store, cmap, model):
+    await store.truncate(cmap, 3000)
+    model_truncate(model, 3000)
+    await store.write(cmap, 4000, b"tail")
+    model_write(model, 4000, b"tail")
+
+
+async def drop(store, cmap, model):
+    await store.truncate(cmap, 0)
+    model_truncate(model, 0)
+
+
+async def release(store, cmap, model):
+    store.release(cmap)
+    model_truncate(model, 0)
+
+
+@pytest.mark.parametrize("change", [rewrite_longer, rewrite_shorter, rewrite_filled,
+                                    rewrite_incompressible, cut, cut_and_extend, drop, release])
+@pytest.mark.parametrize("over_stored", [False, True])
+async def test_a_change_during_compression_drops_the_stale_result(change, over_stored,
+                                                                 monkeypatch):
+    store = make_store()
+    pool = store.pool
+    cmap, other = ChunkMap(), ChunkMap()
+    model, other_data = bytearray(), text(2 * CHUNK, seed=23)
+    if over_stored:                       # the staged chunks replace stored ones
+        first = text(CHUNK + 5000, seed=24)
+        await store.write(cmap, 0, first)
+        await store.flush()
+        model_write(model, 0, first)
+    a = text(CHUNK + 5000, seed=20)       # content A: chunk 0 changes, chunk 1 may not
+    await store.write(cmap, 0, a)
+    model_write(model, 0, a)
+    await store.write(other, 0, other_data)
+    started, go = hold_compressions(store, monkeypatch)
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.flush)
+            try:
+                assert await trio.to_thread.run_sync(started.wait, 30)
+                assert not store._pending      # the whole of A is in the batch being compressed
+                await change(store, cmap, model)   # content B
+                assert read_all(store, cmap, len(model)) == model
+            finally:
+                go.set()
+    assert read_all(store, cmap, len(model)) == model
+    assert read_all(store, other, len(other_data)) == other_data
+    check_store(store, [cmap, other])
+    store.release(cmap)
+    store.release(other)
+    assert pool.pages_used == 0 and pool.reserved_pages == 0 and pool.stats().objects == 0
+
+
+async def test_a_compression_cancelled_in_its_thread_is_stored_later(monkeypatch):
+    store = make_store()
+    cmap = ChunkMap()
+    data = text(2 * CHUNK, seed=25)
+    await store.write(cmap, 0, data)
+    started, go = hold_compressions(store, monkeypatch)
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            try:
+                assert await trio.to_thread.run_sync(started.wait, 30)
+                nursery.cancel_scope.cancel()  # the daemon stops while a batch is compressing
+            finally:
+                go.set()
+    assert read_all(store, cmap, len(data)) == data
+    await store.flush()                   # whatever the cancelled batch left is stored now
+    assert read_all(store, cmap, len(data)) == data
+    check_store(store, [cmap], check_orig=True)
+
+
+async def test_a_failed_compression_leaves_its_chunks_staged(monkeypatch):
+    store = make_store()
+    cmap = ChunkMap()
+    data = text(3 * CHUNK, seed=27)
+    await store.write(cmap, 0, data)
+    reserved = store.pool.reserved_pages
+
+    def failing(chunks):
+        raise RuntimeError("compression failed")
+
+    for codec in store._idle_codecs:
+        monkeypatch.setattr(codec, "encode_many", failing)
+    with pytest.raises(RuntimeError, match="compression failed"):
+        await store.flush()
+    # nothing lost, nothing half-stored: the batch is staged (and queued) again
+    assert read_all(store, cmap, len(data)) == data
+    assert store.staged_bytes == len(data) and store.pool.reserved_pages == reserved
+    assert store.pool.stats().objects == 0 and len(store._pending) == 3
+    assert len(store._idle_codecs) == chunkstore.COMPRESSORS    # the codec came back
+    monkeypatch.undo()
+    await store.flush()
+    assert read_all(store, cmap, len(data)) == data
+    check_store(store, [cmap], check_orig=True)
+
+
+async def test_write_does_not_keep_a_view_of_the_callers_buffer():
+    """Staged contents must not alias a writable buffer the caller may reuse."""
+    store = make_store()
+    cmap = ChunkMap()
+    buf = bytearray(text(2 * CHUNK, seed=26))
+    expected = bytes(buf)
+    assert await store.write(cmap, 0, memoryview(buf)) == len(buf)
+    buf[:] = bytes(len(buf))               # the caller reuses its buffer
+    assert read_all(store, cmap, len(expected)) == expected
+    await store.flush()
+    assert read_all(store, cmap, len(expected)) == expected
+
+
+async def test_flush_returns_while_another_task_keeps_writing():
+    """flush() (fsync) waits for what was staged before it, not for a steady writer."""
+    store = make_store()
+    before, during = ChunkMap(), ChunkMap()
+    data = text(4 * CHUNK, seed=28)
+    await store.write(before, 0, data)
+    stop = trio.Event()
+    model = bytearray()
+
+    async def writer():
+        i = 0
+        while not stop.is_set():
+            piece = text(CHUNK, seed=100 + i)
+            await store.write(during, (i % 64) * CHUNK, piece)
+            model_write(model, (i % 64) * CHUNK, piece)
+            i += 1
+            await trio.sleep(0)
+
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            async with trio.open_nursery() as writing:
+                writing.start_soon(writer)
+                await trio.sleep(0)
+                await store.flush()
+                assert all(parts(before.get(i))[0] != STAGED for i in range(4))
+                stop.set()
+            await store.flush()
+            nursery.cancel_scope.cancel()
+    assert read_all(store, before, len(data)) == data
+    assert read_all(store, during, len(model)) == model
+    check_store(store, [before, during], check_orig=True)

@@ -1112,3 +1112,111 @@ def test_manual_compaction_while_background_runs_is_safe(mount):
     assert s["compactions_manual"] == 16
     assert total_freeable(m) == 0
     check_intact(hashes)
+
+
+# --------------------------------------------------------------------------
+# staged writes: staged_data_size and mem_reserved
+# --------------------------------------------------------------------------
+
+def write_unsynced(fd: int, data: bytes, offset: int = 0) -> None:
+    """pwrite all of *data*, without fsync (the compressors may still hold it staged)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def staged_stats(mnt) -> tuple[int, int]:
+    """(staged_data_size, mem_reserved) from one read of stats."""
+    s = parse_stats(read_ctl(mnt, "stats"))
+    return int(s["staged_data_size"]), int(s["mem_reserved"])
+
+
+def test_stats_show_staged_data_and_reservations(mount):
+    m = mount()
+    s = parse_stats(read_ctl(m, "stats"))
+    for k in ("staged_data_size", "mem_reserved"):
+        assert k in s, f"stats lacks {k}"
+        assert re.fullmatch(r"[0-9]+", s[k]), (k, s[k])      # an integer, no fraction
+    assert staged_stats(m) == (0, 0)                          # nothing written yet
+    fd = os.open(m / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        write_unsynced(fd, text_data(MiB + 3))
+        # one snapshot: whatever is still staged holds a reservation, and only that does
+        staged, reserved = staged_stats(m)
+        assert (staged > 0) == (reserved > 0), (staged, reserved)
+        assert staged <= MiB + 3 and reserved % PAGE == 0
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    staged, reserved = staged_stats(m)
+    assert (staged, reserved) == (0, 0)
+    assert istats(m)["orig_data_size"] == MiB + 3
+
+
+def test_compressors_store_unsynced_writes(mount):
+    """Without fsync the background compressors store everything and give back
+    every reservation."""
+    m = mount()
+    data = (text_data(3 * MiB, seed=31) + os.urandom(MiB) + b"\x5a" * (2 * CHUNK)
+            + text_data(12345, seed=34))
+    fd = os.open(m / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for offset in range(0, len(data), 128 * KiB):
+            write_unsynced(fd, data[offset:offset + 128 * KiB], offset)
+        staged, reserved = staged_stats(m)
+        assert 0 <= staged <= len(data) and reserved % PAGE == 0
+        assert (staged > 0) == (reserved > 0), (staged, reserved)   # staged chunks hold pages
+        s = wait_for(lambda: (lambda st: st if st["staged_data_size"] == 0 else None)(
+            istats(m)), timeout=60, interval=0.01)
+        assert s, f"staged_data_size stays {staged_stats(m)[0]} without fsync"
+        assert s["mem_reserved"] == 0, s
+        assert s["orig_data_size"] == len(data)
+        assert 0 < s["compr_data_size"] < len(data)
+        assert s["huge_chunks"] == MiB // CHUNK and s["same_chunks"] == 2
+        assert s["chunks"] == -(-len(data) // CHUNK)
+        assert os.pread(fd, len(data) + 1, 0) == data
+    finally:
+        os.close(fd)
+    assert sha(read_file(m / "f")) == sha(data)
+
+
+@pytest.mark.parametrize("sync", [os.fsync, os.fdatasync])
+def test_fsync_returns_with_nothing_staged(mount, sync):
+    m = mount()
+    rng = random.Random(32)
+    model = bytearray()
+    fd = os.open(m / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for step in range(12):
+            size = rng.choice([1, 100, CHUNK - 1, CHUNK, 5 * CHUNK + 3, MiB, 9 * MiB])
+            offset = rng.randrange(len(model) + 1)
+            data = text_data(size, seed=step) if step % 3 else os.urandom(size)
+            write_unsynced(fd, data, offset)
+            model[offset:offset + size] = data
+            staged, reserved = staged_stats(m)
+            assert (staged > 0) == (reserved > 0), (step, staged, reserved)
+            assert reserved % PAGE == 0
+            sync(fd)
+            s = istats(m)
+            assert (s["staged_data_size"], s["mem_reserved"]) == (0, 0), (step, s)
+            assert os.pread(fd, len(model), 0) == model
+    finally:
+        os.close(fd)
+    assert sha(read_file(m / "f")) == sha(bytes(model))
+
+
+def test_orig_data_size_after_overwriting_in_place(mount):
+    """An in-place rewrite of synced data keeps orig_data_size (it once dropped by the
+    rewritten chunks' length)."""
+    m = mount()
+    data = text_data(4 * CHUNK + 100, seed=33)
+    write_file(m / "f", data)
+    assert istats(m)["orig_data_size"] == len(data)
+    fd = os.open(m / "f", os.O_WRONLY)
+    try:
+        write_unsynced(fd, b"new bytes", CHUNK + 7)       # one chunk rewritten in place
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert istats(m)["orig_data_size"] == len(data) == os.stat(m / "f").st_size

@@ -1029,3 +1029,234 @@ def test_stats_rows_in_class_order_and_nonempty_only():
     assert [c.index for c in rows] == sorted(c.index for c in rows)
     assert len(rows) == 4
     assert all(c.obj_used == 1 for c in rows)
+
+
+# -- reservations (staged writes) ------------------------------------------------------
+
+
+def test_reserve_and_unreserve_account_pages():
+    pool = small_pool()
+    assert pool.reserved_pages == 0 and pool.stats().reserved_pages == 0
+    pool.reserve(5)
+    pool.reserve(3)
+    assert pool.reserved_pages == 8 and pool.stats().reserved_pages == 8
+    s = pool.stats()
+    assert (s.pages_used, s.mem_used, s.objects, s.classes) == (0, 0, 0, ())   # only a promise
+    assert pool.arena.pages_used == 0
+    pool.unreserve(2)
+    assert pool.reserved_pages == 6
+    pool.unreserve(0)
+    assert pool.reserved_pages == 6
+    for bad in (7, -1):
+        with pytest.raises(ValueError):
+            pool.unreserve(bad)
+        assert pool.reserved_pages == 6
+    pool.unreserve(6)
+    assert pool.reserved_pages == 0 == pool.stats().reserved_pages
+    with pytest.raises(ValueError):
+        pool.unreserve(1)
+    assert pool.reserved_pages == 0
+
+
+def test_reserve_past_mem_limit_raises_and_changes_nothing():
+    pool = small_pool(mem_limit=20 * PAGE_SIZE)
+    model: dict[int, bytes] = {}
+    r = rnd(31)
+    for _ in range(4):
+        put(pool, model, 4096, r)           # four one-page zspages
+    pool.reserve(10)
+    before = pool.stats()
+    with pytest.raises(PoolFull):
+        pool.reserve(7)                     # 4 + 10 + 7 > 20
+    assert pool.stats() == before and pool.reserved_pages == 10
+    pool.reserve(6)                         # exactly up to the limit
+    assert pool.reserved_pages == 16
+    before = pool.stats()
+    with pytest.raises(PoolFull):
+        pool.reserve(1)
+    assert pool.stats() == before
+    # lowering the limit below what is used and reserved is allowed; reserving is not
+    pool.mem_limit = 5 * PAGE_SIZE
+    with pytest.raises(PoolFull):
+        pool.reserve(1)
+    assert pool.reserved_pages == 16
+    pool.mem_limit = 0                      # no limit: anything the arena holds
+    pool.reserve(100)
+    assert pool.reserved_pages == 116
+    check_objects(pool, model)
+    check_stats(pool, model)
+
+
+def test_reserve_is_bounded_by_the_arena():
+    pool = Pool(arena_capacity=8 * PAGE_SIZE)
+    with pytest.raises(PoolFull):
+        pool.reserve(9)
+    assert pool.reserved_pages == 0
+    pool.reserve(7)
+    h = pool.malloc(4096)                   # 7 reserved + 1 new page = the whole arena
+    before = pool.stats()
+    with pytest.raises(PoolFull):
+        pool.malloc(4096)                   # free address space is left, but it is promised
+    with pytest.raises(PoolFull):
+        pool.reserve(1)
+    assert pool.stats() == before
+    pool.free(h)
+    pool.reserve(1)
+    assert pool.reserved_pages == 8 and pool.stats().pages_used == 0
+
+
+def test_reserved_pages_count_against_other_mallocs():
+    # A 1000-byte object needs a 16-page zspage: it fits a 16-page limit exactly...
+    pool = small_pool(mem_limit=16 * PAGE_SIZE)
+    pool.reserve(1)
+    before = pool.stats()
+    with pytest.raises(PoolFull):
+        pool.malloc(1000)                   # ... unless a page of it is promised
+    assert pool.stats() == before
+    pool.unreserve(1)
+    pool.malloc(1000)
+    assert pool.stats().pages_used == 16
+    # a reservation only stands in the way of new zspages: a zspage with room still serves
+    pool.mem_limit = 17 * PAGE_SIZE
+    pool.reserve(1)
+    model: dict[int, bytes] = {}
+    r = rnd(32)
+    for _ in range(10):
+        put(pool, model, 1000, r)           # same class, same zspage
+    assert pool.stats().pages_used == 16
+    before = pool.stats()
+    with pytest.raises(PoolFull):
+        pool.malloc(4096)                   # one new page: 16 used + 1 reserved + 1 > 17
+    assert pool.stats() == before
+    pool.unreserve(1)
+    put(pool, model, 4096, r)
+    assert pool.stats().pages_used == 17
+    check_objects(pool, model)
+
+
+@pytest.mark.parametrize("max_size", [4096, 16384, 65536])
+def test_worst_case_pages_is_the_longest_chain_up_to_a_size(max_size):
+    pool = Pool(max_object_size=max_size, arena_capacity=1 << 30)
+    longest = 0
+    prev = 0
+    for size in range(1, max_size + 1):
+        cls = pool._class_lookup[(size + pool._lookup_bias) // pool.delta]
+        assert size + cls.header <= cls.size                 # (the lookup we check against)
+        longest = max(longest, cls.pages_per_zspage)
+        wc = pool.worst_case_pages(size)
+        assert wc >= cls.pages_per_zspage, size
+        assert wc == longest, size                           # the bound, and no more
+        assert wc >= prev, size                              # monotone in size
+        prev = wc
+    assert pool.worst_case_pages(max_size) == max(c.pages_per_zspage for c in pool._classes)
+
+
+@pytest.mark.parametrize("max_size", [4096, 16384, 65536])
+def test_worst_case_pages_covers_the_class_rows_of_stats(max_size):
+    r = rnd(33)
+    sizes = sorted({1, 2, 31, 32, 33, 100, max_size // 2, max_size - 1, max_size,
+                    *(r.randint(1, max_size) for _ in range(40))})
+    rows = probe(max_size, sizes)
+    pool = Pool(max_object_size=max_size, arena_capacity=1 << 20)
+    for size in sizes:
+        assert pool.worst_case_pages(size) >= rows[size].pages_per_zspage, size
+        for smaller in sizes:
+            if smaller <= size:
+                assert pool.worst_case_pages(size) >= rows[smaller].pages_per_zspage
+
+
+@pytest.mark.parametrize("max_size", [4096, 16384, 65536])
+def test_worst_case_pages_rejects_sizes_outside_the_pool(max_size):
+    pool = small_pool(max_size)
+    for bad in (0, -1, -max_size, max_size + 1, 2 * max_size):
+        with pytest.raises(ValueError):
+            pool.worst_case_pages(bad)
+    assert pool.worst_case_pages(1) >= 1
+    assert pool.worst_case_pages(max_size) >= 1
+
+
+@pytest.mark.parametrize("max_size", [4096, 16384, 65536])
+def test_an_object_within_its_reservation_always_fits(max_size):
+    """Whatever the pool holds, reserving worst_case_pages(n) and then lowering
+    mem_limit to the pages in use lets malloc_reserved store any object of <= n bytes."""
+    pool = Pool(max_object_size=max_size, arena_capacity=1 << 30)
+    r = rnd(34)
+    model: dict[int, bytes] = {}
+    for _ in range(200):
+        put(pool, model, r.randint(1, max_size), r)
+    for _ in range(300):
+        n = r.randint(1, max_size)
+        size = r.randint(1, n)
+        pages = pool.worst_case_pages(n)
+        pool.reserve(pages)
+        used = pool.stats().pages_used
+        pool.mem_limit = r.choice([used * PAGE_SIZE, (used + pages) * PAGE_SIZE, PAGE_SIZE])
+        h = pool.malloc_reserved(size, pages)
+        data = r.randbytes(size)
+        pool.write(h, data)
+        model[h] = data
+        assert pool.reserved_pages == 0
+        assert used <= pool.stats().pages_used <= used + pages
+        pool.mem_limit = 0
+        if r.random() < 0.4:                # keep the pool moving: free some objects
+            victim = r.choice(list(model))
+            pool.free(victim)
+            del model[victim]
+    check_objects(pool, model)
+    check_stats(pool, model)
+
+
+def test_malloc_reserved_keeps_the_promise_below_a_lowered_limit():
+    pool = small_pool(16384)
+    model: dict[int, bytes] = {}
+    r = rnd(35)
+    for _ in range(5):
+        put(pool, model, 3000, r)
+    pages = pool.worst_case_pages(16384)
+    pool.reserve(pages)
+    pool.reserve(pages)
+    used = pool.stats().pages_used
+    pool.mem_limit = used * PAGE_SIZE // 2      # below use: nothing new fits ...
+    with pytest.raises(PoolFull):
+        pool.malloc(16384)
+    with pytest.raises(PoolFull):
+        pool.reserve(1)
+    h = pool.malloc_reserved(16384, pages)      # ... but what was promised is kept
+    pool.write(h, data := r.randbytes(16384))
+    model[h] = data
+    assert pool.reserved_pages == pages
+    assert pool.stats().pages_used > used
+    h = pool.malloc_reserved(100, pages)        # a small object under the other reservation
+    pool.write(h, data := r.randbytes(100))
+    model[h] = data
+    assert pool.reserved_pages == 0 == pool.stats().reserved_pages
+    before = pool.stats()
+    # the grace ended with the call: plain mallocs that need a new zspage still fail
+    for size in (16384, 8000, 5000):
+        with pytest.raises(PoolFull):
+            pool.malloc(size)
+        assert pool.stats() == before
+    check_objects(pool, model)
+    check_stats(pool, model)
+
+
+def test_malloc_reserved_into_a_zspage_with_room_still_consumes_the_reservation():
+    pool = small_pool()
+    h0 = pool.malloc(1000)                      # a 16-page zspage with 65 slots
+    used = pool.stats().pages_used
+    pool.reserve(pool.worst_case_pages(1000))
+    pool.mem_limit = used * PAGE_SIZE
+    h = pool.malloc_reserved(1000, pool.worst_case_pages(1000))
+    assert pool.stats().pages_used == used and pool.reserved_pages == 0
+    assert h != h0 and pool.size(h) == 1000
+
+
+def test_malloc_reserved_of_more_than_reserved_raises_value_error():
+    pool = small_pool()
+    pool.reserve(3)
+    before = pool.stats()
+    with pytest.raises(ValueError):
+        pool.malloc_reserved(100, 4)
+    assert pool.stats() == before and pool.reserved_pages == 3
+    h = pool.malloc_reserved(100, 3)
+    assert pool.size(h) == 100 and pool.reserved_pages == 0

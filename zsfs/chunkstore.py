@@ -394,10 +394,6 @@ class ChunkStore:
         """
         waiting = set(self._staged)
         while waiting:
-            if not (self._pending or self._batches):
-                # Every staged chunk is queued or in a batch; a failed batch breaks that.
-                raise RuntimeError(f"{len(waiting)} staged chunks are neither queued "
-                                   f"nor being compressed")
             await self._flush_step()
             waiting.intersection_update(self._staged)
 
@@ -406,6 +402,11 @@ class ChunkStore:
         if not (self._pending and self._idle_codecs):
             if self._batches:
                 await self._batch_end.wait()
+            elif self._staged:
+                # Every staged chunk is queued or in a running batch: callers loop on
+                # this step, so a broken promise must not spin the event loop.
+                raise RuntimeError(f"{len(self._staged)} staged chunks are neither queued "
+                                   f"nor being compressed")
             return
         codec = self._idle_codecs.pop()
         self._batches += 1
