@@ -3,6 +3,8 @@
 import os
 import random
 import threading
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import pytest
 import trio
@@ -600,7 +602,10 @@ async def test_release_of_staged_chunks_returns_reservations_and_pages():
 # A compression held in its thread until the test lets it go, while the trio
 # thread changes the chunks of the batch.
 
-def hold_compressions(store: ChunkStore, monkeypatch) -> tuple[threading.Event, threading.Event]:
+@asynccontextmanager
+async def compression_held(store: ChunkStore, monkeypatch, task) -> AsyncIterator[trio.Nursery]:
+    """Run ``task`` (store.flush or store.run) until a batch is compressing in its
+    thread, and hold that compression there for the body of the ``with``."""
     started, go = threading.Event(), threading.Event()
     for codec in store._idle_codecs:
         encode_many = codec.encode_many
@@ -611,7 +616,14 @@ def hold_compressions(store: ChunkStore, monkeypatch) -> tuple[threading.Event, 
             return encode_many(chunks)
 
         monkeypatch.setattr(codec, "encode_many", held)
-    return started, go
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(task)
+            try:
+                assert await trio.to_thread.run_sync(started.wait, 30)
+                yield nursery
+            finally:
+                go.set()
 
 
 async def rewrite_longer(store, cmap, model):
@@ -676,17 +688,10 @@ async def test_a_change_during_compression_drops_the_stale_result(change, over_s
     await store.write(cmap, 0, a)
     model_write(model, 0, a)
     await store.write(other, 0, other_data)
-    started, go = hold_compressions(store, monkeypatch)
-    with trio.fail_after(HANG):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.flush)
-            try:
-                assert await trio.to_thread.run_sync(started.wait, 30)
-                assert not store._pending      # the whole of A is in the batch being compressed
-                await change(store, cmap, model)   # content B
-                assert read_all(store, cmap, len(model)) == model
-            finally:
-                go.set()
+    async with compression_held(store, monkeypatch, store.flush):
+        assert not store._pending          # the whole of A is in the batch being compressed
+        await change(store, cmap, model)   # content B
+        assert read_all(store, cmap, len(model)) == model
     assert read_all(store, cmap, len(model)) == model
     assert read_all(store, other, len(other_data)) == other_data
     check_store(store, [cmap, other])
@@ -700,15 +705,8 @@ async def test_a_compression_cancelled_in_its_thread_is_stored_later(monkeypatch
     cmap = ChunkMap()
     data = text(2 * CHUNK, seed=25)
     await store.write(cmap, 0, data)
-    started, go = hold_compressions(store, monkeypatch)
-    with trio.fail_after(HANG):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.run)
-            try:
-                assert await trio.to_thread.run_sync(started.wait, 30)
-                nursery.cancel_scope.cancel()  # the daemon stops while a batch is compressing
-            finally:
-                go.set()
+    async with compression_held(store, monkeypatch, store.run) as nursery:
+        nursery.cancel_scope.cancel()      # the daemon stops while a batch is compressing
     assert read_all(store, cmap, len(data)) == data
     await store.flush()                   # whatever the cancelled batch left is stored now
     assert read_all(store, cmap, len(data)) == data

@@ -39,11 +39,11 @@ compaction); reads are not: a read sees each chunk either before or after a chan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Union
+from typing import Awaitable, Callable
 
 import trio
 
-from .codec import FILL_WORD, Codec, Encoding, Payload, fill_bytes
+from .codec import FILL_WORD, Buffer, Codec, Encoding, Payload, fill_bytes
 from .zsmalloc import Pool, PoolFull
 
 _LEN_SHIFT = 2
@@ -57,8 +57,6 @@ BATCH_BYTES = 1 << 20          # staged bytes compressed in one call
 GATHER_SECONDS = 0.010         # how long a small batch waits for more (random writes, small files)
 COMPRESSORS = 2                # batches compressed at once, one thread each: one commits
                                # on the trio thread while the other compresses
-
-Content = Union[bytes, bytearray, memoryview]
 
 
 def _fill_cost(word: int) -> int:
@@ -145,7 +143,7 @@ class _Staged:
 
     __slots__ = ("cmap", "index", "content", "version", "old", "pages")
 
-    def __init__(self, cmap: ChunkMap, index: int, content: Content, old: int | None,
+    def __init__(self, cmap: ChunkMap, index: int, content: Buffer, old: int | None,
                  pages: int) -> None:
         self.cmap = cmap
         self.index = index
@@ -196,8 +194,7 @@ class ChunkStore:
         self.make_room = make_room
         self.codec = Codec(level, raw_threshold=pool.huge_class_size)
         self._idle_codecs = [Codec(level, pool.huge_class_size, threads=1)
-                             for _ in range(COMPRESSORS)]        # zstd contexts are per thread
-        self._batches = 0                                        # batches being compressed
+                             for _ in range(COMPRESSORS)]        # one per running batch
         self.orig_bytes = 0
         self.chunks = 0
         self.same_chunks = 0
@@ -217,7 +214,7 @@ class ChunkStore:
 
     # -- reading ------------------------------------------------------------------
 
-    def _content(self, entry: int) -> Content:
+    def _content(self, entry: int) -> Buffer:
         """The chunk's content, exactly ``length`` bytes."""
         kind = entry & _KIND_MASK
         length = (entry >> _LEN_SHIFT) & _LEN_MASK
@@ -272,7 +269,7 @@ class ChunkStore:
 
     # -- writing ------------------------------------------------------------------
 
-    async def write(self, cmap: ChunkMap, offset: int, data: bytes | memoryview) -> int:
+    async def write(self, cmap: ChunkMap, offset: int, data: Buffer) -> int:
         """Store ``data`` at ``offset``; return the bytes stored.
 
         Raises:
@@ -310,7 +307,7 @@ class ChunkStore:
         except trio.WouldBlock:
             await self._write_lock.acquire()
 
-    def _stage(self, cmap: ChunkMap, idx: int, content: Content) -> bool:
+    def _stage(self, cmap: ChunkMap, idx: int, content: Buffer) -> bool:
         """Accept ``content`` as chunk ``idx``'s new content, to be compressed later.
 
         Returns False, changing nothing, when the pool cannot reserve the room the
@@ -354,7 +351,7 @@ class ChunkStore:
         self._work.set()
         return True
 
-    async def _store_now(self, cmap: ChunkMap, idx: int, content: Content) -> None:
+    async def _store_now(self, cmap: ChunkMap, idx: int, content: Buffer) -> None:
         """Compress and store one chunk in the request: the pool is (nearly) full."""
         kind, payload = self.codec.encode(content)
         try:
@@ -386,6 +383,11 @@ class ChunkStore:
                 await trio.sleep(GATHER_SECONDS)
             await self._flush_step()
 
+    @property
+    def _batches(self) -> int:
+        """Batches being compressed: each holds one of the compressors' codecs."""
+        return COMPRESSORS - len(self._idle_codecs)
+
     async def flush(self) -> None:
         """Return when every chunk staged before the call is compressed and stored.
 
@@ -409,12 +411,10 @@ class ChunkStore:
                                    f"nor being compressed")
             return
         codec = self._idle_codecs.pop()
-        self._batches += 1
         try:
             await self._compress_batch(codec)
         finally:
             self._idle_codecs.append(codec)
-            self._batches -= 1
             ended, self._batch_end = self._batch_end, trio.Event()
             ended.set()
 

@@ -9,10 +9,10 @@ A chunk is encoded one of three ways, cheapest first:
 * *raw*: the chunk as it is, when compressing does not bring it below the pool's
   huge watermark; reading it back then costs no decompression.
 
-Writes and reads that span several chunks go through python-zstandard's
-multi-frame calls, which spread the frames over native threads inside one C call.
-The codec itself is used from the trio thread only (zstd contexts are not
-thread-safe).
+Several chunks go through python-zstandard's multi-frame calls, which release the
+GIL and can spread the frames over native threads inside one C call. zstd contexts
+are not thread-safe, so a Codec serves one thread at a time: the trio thread has
+its own (reads, stores at the memory limit), each background compressor another.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterable, Iterator
 
 from .arena import PAGE_SHIFT, PAGE_SIZE, Arena
@@ -260,11 +261,7 @@ class Pool:
         self._grace = 0                    # pages malloc_reserved() may take past the limit
         # Prefix maxima of pages_per_zspage by lookup index: the longest chain a
         # new zspage for an object of at most a given size can need.
-        longest = 0
-        self._worst_pages = []
-        for cls in self._class_lookup:
-            longest = max(longest, cls.pages_per_zspage)
-            self._worst_pages.append(longest)
+        self._worst_pages = list(accumulate((c.pages_per_zspage for c in self._class_lookup), max))
 
     @property
     def pages_used(self) -> int:
