@@ -10,9 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from zsfs import chunkstore
+from zsfs import chunkstore, staging
 from zsfs.arena import PAGE_SIZE
-from zsfs.chunkstore import ChunkMap, ChunkStore, NoSpace
+from zsfs.chunkstore import (STAGED, ChunkMap, ChunkStore, NoSpace, entry_kind, entry_length,
+                             entry_payload)
 from zsfs.codec import FILL_WORD, Encoding
 from zsfs.zsmalloc import Pool
 
@@ -195,13 +196,12 @@ def test_chunk_map_keeps_one_entry_inline():
 # A write keeps each chunk's new content uncompressed ("staged") under a pool
 # reservation; the compressors (ChunkStore.run) or flush() store it later.
 
-STAGED = 3                     # the entry kind of a staged chunk (module docstring)
 HANG = 120                     # seconds: fail rather than hang if the compressors deadlock
 
 
 def parts(entry: int) -> tuple[int, int, int]:
-    """(kind, length, payload) of a chunk map entry: ``payload << 19 | length << 2 | kind``."""
-    return entry & 3, (entry >> 2) & ((1 << 17) - 1), entry >> 19
+    """(kind, length, payload) of a chunk map entry."""
+    return entry_kind(entry), entry_length(entry), entry_payload(entry)
 
 
 def model_write(model: bytearray, offset: int, data: bytes) -> None:
@@ -221,7 +221,7 @@ def check_store(store: ChunkStore, maps, check_orig: bool = False) -> None:
     """Nothing staged, and every counter agrees with the entries of ``maps`` (all live files)."""
     pool = store.pool
     assert store.staged_bytes == 0 and store.stats().staged_bytes == 0
-    assert not store._staged and not store._pending
+    assert not store._staged and not len(store.queue) and not store.queue.batches
     assert pool.reserved_pages == 0 == pool.stats().reserved_pages
     handles = []
     lengths = chunks = fills = raws = 0
@@ -304,7 +304,7 @@ async def mixed_workload(seed: int, gather: bool, monkeypatch) -> tuple[ChunkSto
     with the compressors running; every step checked against bytearray models.
     Returns the flushed store and its live (map, model) pairs."""
     if not gather:
-        monkeypatch.setattr(chunkstore, "GATHER_SECONDS", 0)   # compress at once: more races
+        monkeypatch.setattr(staging, "GATHER_SECONDS", 0)   # compress at once: more races
     store = make_store()
     rng = random.Random(seed)
     files = [(ChunkMap(), bytearray()) for _ in range(3)]
@@ -451,7 +451,7 @@ async def test_compressors_keep_working_after_a_flush_took_their_batch(how, mock
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(1)                              # past any gather delay
         await trio.testing.wait_all_tasks_blocked()     # a compressor has taken the batch
-        assert not store._pending, "staged chunks that no compressor will ever take"
+        assert not len(store.queue), "staged chunks that no compressor will ever take"
         await store.flush()
         nursery.cancel_scope.cancel()
     check_store(store, [cmap], check_orig=True)
@@ -607,7 +607,7 @@ async def compression_held(store: ChunkStore, monkeypatch, task) -> AsyncIterato
     """Run ``task`` (store.flush or store.run) until a batch is compressing in its
     thread, and hold that compression there for the body of the ``with``."""
     started, go = threading.Event(), threading.Event()
-    for codec in store._idle_codecs:
+    for codec in store.queue._idle_codecs:
         encode_many = codec.encode_many
 
         def held(chunks, encode_many=encode_many):
@@ -689,11 +689,14 @@ async def test_a_change_during_compression_drops_the_stale_result(change, over_s
     model_write(model, 0, a)
     await store.write(other, 0, other_data)
     async with compression_held(store, monkeypatch, store.flush):
-        assert not store._pending          # the whole of A is in the batch being compressed
+        assert not len(store.queue)        # the whole of A is in the batch being compressed
         await change(store, cmap, model)   # content B
         assert read_all(store, cmap, len(model)) == model
+    # The flush ended with A's batch: B was written after it began.
     assert read_all(store, cmap, len(model)) == model
     assert read_all(store, other, len(other_data)) == other_data
+    await store.flush()
+    assert read_all(store, cmap, len(model)) == model
     check_store(store, [cmap, other])
     store.release(cmap)
     store.release(other)
@@ -723,15 +726,15 @@ async def test_a_failed_compression_leaves_its_chunks_staged(monkeypatch):
     def failing(chunks):
         raise RuntimeError("compression failed")
 
-    for codec in store._idle_codecs:
+    for codec in store.queue._idle_codecs:
         monkeypatch.setattr(codec, "encode_many", failing)
     with pytest.raises(RuntimeError, match="compression failed"):
         await store.flush()
     # nothing lost, nothing half-stored: the batch is staged (and queued) again
     assert read_all(store, cmap, len(data)) == data
     assert store.staged_bytes == len(data) and store.pool.reserved_pages == reserved
-    assert store.pool.stats().objects == 0 and len(store._pending) == 3
-    assert len(store._idle_codecs) == chunkstore.COMPRESSORS    # the codec came back
+    assert store.pool.stats().objects == 0 and len(store.queue) == 3
+    assert len(store.queue._idle_codecs) == chunkstore.COMPRESSORS    # the codec came back
     monkeypatch.undo()
     await store.flush()
     assert read_all(store, cmap, len(data)) == data
@@ -751,35 +754,114 @@ async def test_write_does_not_keep_a_view_of_the_callers_buffer():
     assert read_all(store, cmap, len(expected)) == expected
 
 
-async def test_flush_returns_while_another_task_keeps_writing():
-    """flush() (fsync) waits for what was staged before it, not for a steady writer."""
+async def test_flush_returns_while_a_writer_keeps_rewriting_its_chunks(monkeypatch):
+    """fsync must not wait for a writer that keeps rewriting the chunks it waits for.
+
+    The worst timing, made deterministic: while each batch compresses in its thread,
+    the trio thread rewrites every chunk of the file, so each result is stale by the
+    time it is ready. (The store once compressed such chunks again and again, and a
+    flush waited for as long as the rewrites went on.)
+    """
     store = make_store()
-    before, during = ChunkMap(), ChunkMap()
-    data = text(4 * CHUNK, seed=28)
-    await store.write(before, 0, data)
-    stop = trio.Event()
+    cmap = ChunkMap()
     model = bytearray()
+    size = 4 * CHUNK
+    first = text(size, seed=28)
+    await store.write(cmap, 0, first)
+    model_write(model, 0, first)
+    rewrites = 0
+    limit = 20
 
-    async def writer():
-        i = 0
-        while not stop.is_set():
-            piece = text(CHUNK, seed=100 + i)
-            await store.write(during, (i % 64) * CHUNK, piece)
-            model_write(model, (i % 64) * CHUNK, piece)
-            i += 1
-            await trio.sleep(0)
+    async def rewrite():
+        nonlocal rewrites
+        rewrites += 1
+        data = text(size, seed=100 + rewrites)
+        assert await store.write(cmap, 0, data) == size
+        model_write(model, 0, data)
 
+    for codec in store.queue._idle_codecs:
+        def racing(chunks, encode_many=codec.encode_many):
+            if rewrites < limit:
+                trio.from_thread.run(rewrite)
+            return encode_many(chunks)
+
+        monkeypatch.setattr(codec, "encode_many", racing)
+    with trio.fail_after(HANG):
+        await store.flush()
+        assert rewrites == 1          # one batch: nothing written after the call counts
+        assert read_all(store, cmap, size) == model
+        # The rewritten chunks are staged still; each flush costs one more batch,
+        # and once the writer stops, the store drains.
+        flushes = 1
+        while store.staged_bytes:
+            await store.flush()
+            flushes += 1
+    assert flushes == limit + 1 and rewrites == limit
+    assert read_all(store, cmap, size) == model
+    check_store(store, [cmap], check_orig=True)
+
+
+async def test_compressors_store_chunks_a_writer_keeps_rewriting(monkeypatch):
+    """Staging ends in bounded time too: with the compressors running and a writer
+    rewriting the same chunks during every compression, each batch supersedes, and
+    the chunks are stored as soon as the writer stops."""
+    monkeypatch.setattr(staging, "GATHER_SECONDS", 0)
+    store = make_store()
+    cmap = ChunkMap()
+    model = bytearray()
+    rewrites = 0
+    limit = 10
+
+    async def rewrite():
+        nonlocal rewrites
+        rewrites += 1
+        data = text(2 * CHUNK, seed=200 + rewrites)
+        assert await store.write(cmap, CHUNK // 2, data) == len(data)
+        model_write(model, CHUNK // 2, data)
+
+    for codec in store.queue._idle_codecs:
+        def racing(chunks, encode_many=codec.encode_many):
+            if rewrites < limit:
+                trio.from_thread.run(rewrite)
+            return encode_many(chunks)
+
+        monkeypatch.setattr(codec, "encode_many", racing)
     with trio.fail_after(HANG):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run)
-            async with trio.open_nursery() as writing:
-                writing.start_soon(writer)
-                await trio.sleep(0)
-                await store.flush()
-                assert all(parts(before.get(i))[0] != STAGED for i in range(4))
-                stop.set()
-            await store.flush()
+            await rewrite()
+            while store.staged_bytes or rewrites < limit:
+                await trio.sleep(0.001)
             nursery.cancel_scope.cancel()
-    assert read_all(store, before, len(data)) == data
-    assert read_all(store, during, len(model)) == model
-    check_store(store, [before, during], check_orig=True)
+    assert read_all(store, cmap, len(model)) == model
+    check_store(store, [cmap], check_orig=True)
+
+
+async def test_a_compressor_failure_is_logged_and_the_chunks_are_stored_later(monkeypatch,
+                                                                             caplog):
+    """An unexpected exception in a background compressor must not stop the mount."""
+    monkeypatch.setattr(staging, "RETRY_SECONDS", 0)
+    store = make_store()
+    cmap = ChunkMap()
+    data = text(3 * CHUNK, seed=29)
+    failures = 0
+    for codec in store.queue._idle_codecs:
+        def failing_once(chunks, encode_many=codec.encode_many):
+            nonlocal failures
+            if not failures:
+                failures += 1
+                raise RuntimeError("planted compression failure")
+            return encode_many(chunks)
+
+        monkeypatch.setattr(codec, "encode_many", failing_once)
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            await store.write(cmap, 0, data)
+            while store.staged_bytes:
+                await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    assert failures == 1
+    assert "planted compression failure" in caplog.text and "Traceback" in caplog.text
+    assert read_all(store, cmap, len(data)) == data
+    check_store(store, [cmap], check_orig=True)

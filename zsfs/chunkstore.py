@@ -6,9 +6,9 @@ bytes of that range, the rest of the range reading as zeros. A chunk map only ha
 entries for chunks that got data, so holes cost nothing and a map costs memory in
 proportion to the chunks stored, never to the file size.
 
-An entry is one int: ``payload << 19 | length << 2 | kind``, where the payload is a
-pool handle (zstd or raw chunks), the fill word (same-filled chunks, which take no
-pool memory at all) or a staging slot. Truncation only lowers ``length``: the
+An entry is one int packing kind, length and payload (``pack_entry``), where the
+payload is a pool handle (zstd or raw chunks), the fill word (same-filled chunks,
+which take no pool memory at all) or a staging slot. Truncation only lowers ``length``: the
 object keeps its stale tail until the chunk is next written, so shrinking a file
 never needs to allocate and cannot fail.
 
@@ -26,14 +26,14 @@ stores nothing and leaves the file's earlier bytes as they were, and one that
 fails part-way reports the bytes it stored before the failure. When the pool is
 full but compaction could free pages, the store compacts once and retries before
 giving up (zram's reason for compaction in the first place). Every new object is
-allocated before the old one is freed. ``flush()`` (fsync) waits until nothing is
-staged.
+allocated before the old one is freed. ``flush()`` (fsync) waits until what was
+staged before it is stored.
 
 Concurrency: the store runs on the trio thread except for the compression of a
-batch, which works on contents that are never modified (a rewrite replaces a
-staged content and bumps its version; a stale result is dropped). Writes and
-truncates are serialized by one lock, since a write may ``await`` (backpressure,
-compaction); reads are not: a read sees each chunk either before or after a change.
+batch (staging.py says which contents a thread may read and what that forbids).
+Writes and truncates are serialized by one lock, since a write may ``await``
+(backpressure, compaction); reads are not, and need not be: they never await, so
+a read sees each chunk either before or after a change.
 """
 
 from __future__ import annotations
@@ -44,19 +44,43 @@ from typing import Awaitable, Callable
 import trio
 
 from .codec import FILL_WORD, Buffer, Codec, Encoding, Payload, fill_bytes
+from .staging import CompressionQueue, Staged
 from .zsmalloc import Pool, PoolFull
 
-_LEN_SHIFT = 2
-_PAYLOAD_SHIFT = 19
-_LEN_MASK = (1 << 17) - 1
-_KIND_MASK = 3
-_STAGED = 3                    # the entry kind beside Encoding's three: payload = staging slot
-
 STAGING_LIMIT = 8 << 20        # staged bytes past which a write waits for the compressors
-BATCH_BYTES = 1 << 20          # staged bytes compressed in one call
-GATHER_SECONDS = 0.010         # how long a small batch waits for more (random writes, small files)
 COMPRESSORS = 2                # batches compressed at once, one thread each: one commits
                                # on the trio thread while the other compresses
+
+# A chunk map entry is one int: payload, length and kind. Kinds 0-2 are the codec's
+# encodings (the payload is a pool handle or a fill word); kinds 3-6 are free for
+# encodings to come; STAGED's payload is a staging slot.
+_KIND_BITS = 3
+_LEN_BITS = 17                 # lengths up to 64 KiB inclusive
+_PAYLOAD_SHIFT = _KIND_BITS + _LEN_BITS
+_KIND_MASK = (1 << _KIND_BITS) - 1
+_LEN_MASK = (1 << _LEN_BITS) - 1
+STAGED = _KIND_MASK
+
+
+def pack_entry(kind: int, length: int, payload: int) -> int:
+    return (payload << _PAYLOAD_SHIFT) | (length << _KIND_BITS) | kind
+
+
+def entry_kind(entry: int) -> int:
+    return entry & _KIND_MASK
+
+
+def entry_length(entry: int) -> int:
+    return (entry >> _KIND_BITS) & _LEN_MASK
+
+
+def entry_payload(entry: int) -> int:
+    return entry >> _PAYLOAD_SHIFT
+
+
+def with_length(entry: int, length: int) -> int:
+    """The same entry with another length (truncation)."""
+    return entry & ~(_LEN_MASK << _KIND_BITS) | (length << _KIND_BITS)
 
 
 def _fill_cost(word: int) -> int:
@@ -132,27 +156,6 @@ class ChunkMap:
         self._dict = None
 
 
-class _Staged:
-    """A chunk's accepted content, waiting to be compressed into the pool.
-
-    ``content`` is never modified once set (a compression thread may be reading
-    it): a rewrite replaces it and bumps ``version``. ``old`` is the entry the
-    chunk had before it was staged, whose object is freed only when the new one
-    is stored; ``pages`` is the pool reservation that guarantees that it can be.
-    """
-
-    __slots__ = ("cmap", "index", "content", "version", "old", "pages")
-
-    def __init__(self, cmap: ChunkMap, index: int, content: Buffer, old: int | None,
-                 pages: int) -> None:
-        self.cmap = cmap
-        self.index = index
-        self.content = content
-        self.version = 0
-        self.old = old
-        self.pages = pages
-
-
 @dataclass(frozen=True)
 class StoreStats:
     """Counters of the chunk store.
@@ -193,19 +196,17 @@ class ChunkStore:
         self.capacity = capacity
         self.make_room = make_room
         self.codec = Codec(level, raw_threshold=pool.huge_class_size)
-        self._idle_codecs = [Codec(level, pool.huge_class_size, threads=1)
-                             for _ in range(COMPRESSORS)]        # one per running batch
+        self.queue = CompressionQueue(
+            [Codec(level, pool.huge_class_size, threads=1) for _ in range(COMPRESSORS)],
+            self._commit_staged)
         self.orig_bytes = 0
         self.chunks = 0
         self.same_chunks = 0
         self.huge_chunks = 0
         self.huge_chunks_since = 0
         self.staged_bytes = 0
-        self._staged: dict[int, _Staged] = {}
-        self._pending: dict[int, None] = {}          # slots to compress, oldest first
+        self._staged: dict[int, Staged] = {}          # slot -> the chunk staged there
         self._next_slot = 1
-        self._work = trio.Event()                    # set when something is staged
-        self._batch_end = trio.Event()               # set (and replaced) when a batch ends
         self._write_lock = trio.Lock()
 
     def stats(self) -> StoreStats:
@@ -216,16 +217,17 @@ class ChunkStore:
 
     def _content(self, entry: int) -> Buffer:
         """The chunk's content, exactly ``length`` bytes."""
-        kind = entry & _KIND_MASK
-        length = (entry >> _LEN_SHIFT) & _LEN_MASK
-        payload = entry >> _PAYLOAD_SHIFT
-        if kind == _STAGED:
-            return self._staged[payload].content
-        if kind == Encoding.FILL:
+        kind = entry_kind(entry)
+        length = entry_length(entry)
+        payload = entry_payload(entry)
+        if kind == STAGED:
+            data = self._staged[payload].content
+        elif kind == Encoding.FILL:
             return fill_bytes(payload, length)
-        data = self.pool.read(payload)
-        if kind == Encoding.ZSTD:
-            data = self.codec.decompress(data)
+        else:
+            data = self.pool.read(payload)
+            if kind == Encoding.ZSTD:
+                data = self.codec.decompress(data)
         return data if len(data) == length else data[:length]
 
     def read(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
@@ -250,7 +252,7 @@ class ChunkStore:
             entry = get(idx)
             if entry is None:
                 pass
-            elif entry & _KIND_MASK == Encoding.ZSTD:
+            elif entry_kind(entry) == Encoding.ZSTD:
                 compressed.append((pos, in_chunk, n, entry))
             else:
                 piece = self._content(entry)[in_chunk:in_chunk + n]
@@ -259,10 +261,10 @@ class ChunkStore:
             in_chunk = 0
             idx += 1
         if compressed:
-            frames = [self.pool.read(entry >> _PAYLOAD_SHIFT) for *_, entry in compressed]
+            frames = [self.pool.read(entry_payload(entry)) for *_, entry in compressed]
             for (pos, in_chunk, n, entry), content in zip(compressed,
                                                           self.codec.decompress_many(frames)):
-                end = min(in_chunk + n, (entry >> _LEN_SHIFT) & _LEN_MASK)
+                end = min(in_chunk + n, entry_length(entry))
                 if end > in_chunk:
                     out[pos:pos + end - in_chunk] = memoryview(content)[in_chunk:end]
         return out
@@ -271,6 +273,11 @@ class ChunkStore:
 
     async def write(self, cmap: ChunkMap, offset: int, data: Buffer) -> int:
         """Store ``data`` at ``offset``; return the bytes stored.
+
+        The new contents are computed before the first ``await``; that is sound
+        because what may run at an await (the compressors' commits, releases of
+        *other* files: this one is open) changes how a chunk is held, never what it
+        holds, and truncates wait for the write lock.
 
         Raises:
             NoSpace: not even the first chunk could be stored.
@@ -292,7 +299,7 @@ class ChunkStore:
                     raise
                 written += self._covered(offset, len(data), idx)
             while self.staged_bytes > STAGING_LIMIT:
-                await self._flush_step()
+                await self.queue.step(len(self._staged))
             return written
         finally:
             self._write_lock.release()
@@ -310,27 +317,32 @@ class ChunkStore:
     def _stage(self, cmap: ChunkMap, idx: int, content: Buffer) -> bool:
         """Accept ``content`` as chunk ``idx``'s new content, to be compressed later.
 
-        Returns False, changing nothing, when the pool cannot reserve the room the
-        content might need. Raises NoSpace past the logical capacity.
+        A chunk staged and still queued takes the new content in place (keeping its
+        place in the queue); one being compressed is superseded by a new staging
+        (see staging.py). Returns False, changing nothing, when the pool cannot
+        reserve the room the content might need. Raises NoSpace past the logical
+        capacity.
         """
         entry = cmap.get(idx)
         length = len(content)
-        old_len = 0 if entry is None else (entry >> _LEN_SHIFT) & _LEN_MASK
+        old_len = 0 if entry is None else entry_length(entry)
         if self.capacity and self.orig_bytes - old_len + length > self.capacity:
             raise NoSpace("file system full (size=)")
         pages = self.pool.worst_case_pages(length)
-        if entry is not None and entry & _KIND_MASK == _STAGED:
-            slot = entry >> _PAYLOAD_SHIFT
-            staged = self._staged[slot]
+        if entry is not None and entry_kind(entry) == STAGED:
+            staged = self._staged[entry_payload(entry)]
             if pages > staged.pages:
                 try:
                     self.pool.reserve(pages - staged.pages)
                 except PoolFull:
                     return False
                 staged.pages = pages
-            grown = length - len(staged.content)
-            staged.content = content
-            staged.version += 1
+            if self.queue.is_queued(staged):
+                staged.content = content
+            else:
+                self.queue.discard(staged)
+                del self._staged[staged.slot]
+                staged = self._new_staged(cmap, idx, content, staged.old, staged.pages)
         else:
             try:
                 self.pool.reserve(pages)
@@ -338,18 +350,23 @@ class ChunkStore:
                 return False
             if entry is not None:
                 self._uncount(cmap, entry)
-            slot = self._next_slot
-            self._next_slot += 1
-            self._staged[slot] = _Staged(cmap, idx, content, entry, pages)
+                old_len = 0
+            staged = self._new_staged(cmap, idx, content, entry, pages)
             self.chunks += 1
-            grown = length
+        grown = length - old_len
         self.staged_bytes += grown
         cmap.stored_bytes += grown
         self.orig_bytes += grown
-        cmap[idx] = (slot << _PAYLOAD_SHIFT) | (length << _LEN_SHIFT) | _STAGED
-        self._pending[slot] = None
-        self._work.set()
+        cmap[idx] = pack_entry(STAGED, length, staged.slot)
+        self.queue.add(staged)
         return True
+
+    def _new_staged(self, cmap: ChunkMap, idx: int, content: Buffer, old: int | None,
+                    pages: int) -> Staged:
+        slot = self._next_slot
+        self._next_slot += 1
+        staged = self._staged[slot] = Staged(cmap, idx, slot, content, old, pages)
+        return staged
 
     async def _store_now(self, cmap: ChunkMap, idx: int, content: Buffer) -> None:
         """Compress and store one chunk in the request: the pool is (nearly) full."""
@@ -365,91 +382,36 @@ class ChunkStore:
             except PoolFull:
                 raise NoSpace("memory limit reached (mem_limit=)") from None
 
-    # -- the compressor ---------------------------------------------------------------
+    # -- the compressors ----------------------------------------------------------
 
     async def run(self) -> None:
         """Compress staged chunks in the background, forever (a task of the daemon)."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(COMPRESSORS):
-                nursery.start_soon(self._compressor)
-
-    async def _compressor(self) -> None:
-        while True:
-            while not self._pending:
-                if self._work.is_set():
-                    self._work = trio.Event()
-                await self._work.wait()
-            if self.staged_bytes < BATCH_BYTES:
-                await trio.sleep(GATHER_SECONDS)
-            await self._flush_step()
-
-    @property
-    def _batches(self) -> int:
-        """Batches being compressed: each holds one of the compressors' codecs."""
-        return COMPRESSORS - len(self._idle_codecs)
+        await self.queue.run()
 
     async def flush(self) -> None:
-        """Return when every chunk staged before the call is compressed and stored.
+        """Return when every chunk staged before the call is stored or superseded.
 
-        What fsync waits for. Chunks staged meanwhile (another writer) do not keep
-        it waiting.
+        What fsync waits for. Bounded by the batches queued before the call: chunks
+        staged or rewritten meanwhile (another writer) do not keep it waiting.
         """
         waiting = set(self._staged)
         while waiting:
-            await self._flush_step()
+            await self.queue.step(len(self._staged))
             waiting.intersection_update(self._staged)
 
-    async def _flush_step(self) -> None:
-        """Compress a batch if a compressor is free, else wait for a running batch to end."""
-        if not (self._pending and self._idle_codecs):
-            if self._batches:
-                await self._batch_end.wait()
-            elif self._staged:
-                # Every staged chunk is queued or in a running batch: callers loop on
-                # this step, so a broken promise must not spin the event loop.
-                raise RuntimeError(f"{len(self._staged)} staged chunks are neither queued "
-                                   f"nor being compressed")
-            return
-        codec = self._idle_codecs.pop()
-        try:
-            await self._compress_batch(codec)
-        finally:
-            self._idle_codecs.append(codec)
-            ended, self._batch_end = self._batch_end, trio.Event()
-            ended.set()
+    def _commit_staged(self, staged: Staged, kind: Encoding, payload: Payload) -> None:
+        """Store a staged chunk's encoded content under its reservation.
 
-    async def _compress_batch(self, codec: Codec) -> None:
-        batch = []
-        size = 0
-        for slot in self._pending:
-            staged = self._staged[slot]
-            batch.append((slot, staged, staged.version))
-            size += len(staged.content)
-            if size >= BATCH_BYTES:
-                break
-        for slot, _, _ in batch:
-            del self._pending[slot]
-        contents = [staged.content for _, staged, _ in batch]
-        try:
-            encoded = await trio.to_thread.run_sync(codec.encode_many, contents)
-        except BaseException:
-            for slot, _, _ in batch:
-                if slot in self._staged:
-                    self._pending[slot] = None
-            raise
-        for (slot, staged, version), (kind, payload) in zip(batch, encoded):
-            if self._staged.get(slot) is staged and staged.version == version:
-                self._commit_staged(staged, kind, payload)
-
-    def _commit_staged(self, staged: _Staged, kind: Encoding, payload: Payload) -> None:
-        """Store a staged chunk's encoded content under its reservation."""
+        The chunk may have been cut while it was compressed: the entry's length,
+        not the content's, is what it holds (the object keeps a stale tail).
+        """
         cmap, idx = staged.cmap, staged.index
         entry = cmap.get(idx)
-        assert entry is not None
+        assert entry is not None and entry_payload(entry) == staged.slot
         value, stored = self._place(kind, payload, staged.pages)
         staged.pages = 0
         self._drop(cmap, entry)
-        self._install(cmap, idx, (entry >> _LEN_SHIFT) & _LEN_MASK, kind, value, stored)
+        self._install(cmap, idx, entry_length(entry), kind, value, stored)
 
     def _covered(self, offset: int, length: int, idx: int) -> int:
         """Bytes of the write ``[offset, offset + length)`` that fall in chunk ``idx``."""
@@ -468,7 +430,7 @@ class ChunkStore:
             idx, in_chunk = divmod(offset + pos, cs)
             n = min(cs - in_chunk, end - pos)
             entry = cmap.get(idx)
-            old_len = 0 if entry is None else (entry >> _LEN_SHIFT) & _LEN_MASK
+            old_len = 0 if entry is None else entry_length(entry)
             if in_chunk == 0 and n >= old_len:
                 content: memoryview | bytearray = data[pos:pos + n]
             else:
@@ -487,7 +449,7 @@ class ChunkStore:
         Raises NoSpace (capacity) or PoolFull (mem_limit) with nothing changed.
         """
         old = cmap.get(idx)
-        old_len = 0 if old is None else (old >> _LEN_SHIFT) & _LEN_MASK
+        old_len = 0 if old is None else entry_length(old)
         if self.capacity and self.orig_bytes - old_len + length > self.capacity:
             raise NoSpace("file system full (size=)")
         value, stored = self._place(kind, payload, 0)
@@ -511,7 +473,7 @@ class ChunkStore:
 
     def _install(self, cmap: ChunkMap, idx: int, length: int, kind: Encoding, value: int,
                  stored: int) -> None:
-        cmap[idx] = (value << _PAYLOAD_SHIFT) | (length << _LEN_SHIFT) | kind
+        cmap[idx] = pack_entry(kind, length, value)
         cmap.stored_bytes += stored
         self.orig_bytes += length
         self.chunks += 1
@@ -527,17 +489,17 @@ class ChunkStore:
         self._free(entry)
 
     def _uncount(self, cmap: ChunkMap, entry: int) -> None:
-        kind = entry & _KIND_MASK
-        payload = entry >> _PAYLOAD_SHIFT
-        self.orig_bytes -= (entry >> _LEN_SHIFT) & _LEN_MASK
+        kind = entry_kind(entry)
+        payload = entry_payload(entry)
+        length = entry_length(entry)
+        self.orig_bytes -= length
         self.chunks -= 1
         if kind == Encoding.FILL:
             self.same_chunks -= 1
             cmap.stored_bytes -= _fill_cost(payload)
-        elif kind == _STAGED:
-            held = len(self._staged[payload].content)
-            self.staged_bytes -= held
-            cmap.stored_bytes -= held
+        elif kind == STAGED:
+            self.staged_bytes -= length
+            cmap.stored_bytes -= length
         else:
             cmap.stored_bytes -= self.pool.size(payload)
             if kind == Encoding.RAW:
@@ -545,11 +507,11 @@ class ChunkStore:
 
     def _free(self, entry: int) -> None:
         """Free what an uncounted entry holds: its object, or its staging and what that kept."""
-        kind = entry & _KIND_MASK
-        payload = entry >> _PAYLOAD_SHIFT
-        if kind == _STAGED:
+        kind = entry_kind(entry)
+        payload = entry_payload(entry)
+        if kind == STAGED:
             staged = self._staged.pop(payload)
-            self._pending.pop(payload, None)
+            self.queue.discard(staged)
             self.pool.unreserve(staged.pages)
             if staged.old is not None:
                 self._free(staged.old)
@@ -567,26 +529,26 @@ class ChunkStore:
                 self._drop(cmap, cmap.pop(idx))
             idx, keep = divmod(size, cs)
             entry = cmap.get(idx)
-            if entry is None or (entry >> _LEN_SHIFT) & _LEN_MASK <= keep:
+            if entry is None or entry_length(entry) <= keep:
                 return
-            cut = ((entry >> _LEN_SHIFT) & _LEN_MASK) - keep
+            cut = entry_length(entry) - keep
             self.orig_bytes -= cut
-            cmap[idx] = entry & ~(_LEN_MASK << _LEN_SHIFT) | (keep << _LEN_SHIFT)
-            if entry & _KIND_MASK == _STAGED:
-                # A staged content is exactly its chunk's length: cut it, compress again.
-                slot = entry >> _PAYLOAD_SHIFT
-                staged = self._staged[slot]
-                staged.content = staged.content[:keep]
-                staged.version += 1
+            cmap[idx] = with_length(entry, keep)
+            if entry_kind(entry) == STAGED:
                 self.staged_bytes -= cut
                 cmap.stored_bytes -= cut
-                self._pending[slot] = None
-                self._work.set()
+                staged = self._staged[entry_payload(entry)]
+                if self.queue.is_queued(staged):       # else a thread is reading it
+                    staged.content = staged.content[:keep]
         finally:
             self._write_lock.release()
 
     def release(self, cmap: ChunkMap) -> None:
-        """Free every chunk of a file that is gone."""
+        """Free every chunk of a file that is gone.
+
+        Needs no write lock: it does not await, and the file has no open handle
+        left, so no write or truncate of it is in progress.
+        """
         for entry in cmap.entries():
             self._drop(cmap, entry)
         cmap.clear()
