@@ -27,6 +27,7 @@ import functools
 import logging
 import os
 import stat
+from time import perf_counter_ns
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
@@ -38,6 +39,7 @@ from .chunkstore import ChunkStore, NoSpace
 from .compactor import Compactor
 from .control import CONTROL_DIR_INO, CONTROL_NAME, Control
 from .options import MountOptions
+from .requests import RequestStats
 from .tree import NAME_MAX, ROOT_INODE, Inode, Tree
 from .zsmalloc import Pool
 
@@ -51,7 +53,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def handler(fn: F) -> F:
-    """Answer every failure of a request handler with a FUSEError."""
+    """Answer every failure of a request handler with a FUSEError; count the request."""
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -59,6 +61,7 @@ def handler(fn: F) -> F:
         if log.isEnabledFor(logging.DEBUG):
             shown = args[:-1] if name in _WITH_CTX else args
             log.debug("%s(%s)", name, ", ".join(_brief(a) for a in shown))
+        started = perf_counter_ns()
         try:
             return await fn(self, *args)
         except FUSEError:
@@ -73,6 +76,8 @@ def handler(fn: F) -> F:
         except Exception:
             log.exception("%s failed", name)
             raise FUSEError(errno.EIO) from None
+        finally:
+            self.requests.add(name, started)
 
     return wrapper  # type: ignore[return-value]
 
@@ -114,6 +119,7 @@ class Operations(pyfuse3.Operations):
         self.pool: Pool = tree.store.pool
         self.control = control
         self.compactor = compactor
+        self.requests = control.requests
         self._open: dict[int, Inode | _ControlHandle] = {}
         self._next_fh = 1
 
@@ -191,6 +197,7 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         # No reply goes to the kernel, so this must not raise at all.
+        started = perf_counter_ns()
         try:
             for ino, nlookup in inode_list:
                 if not self.control.owns(ino):
@@ -198,6 +205,7 @@ class Operations(pyfuse3.Operations):
             self.compactor.kick()
         except Exception:
             log.exception("forget%r failed", inode_list)
+        self.requests.add("forget", started)
 
     @handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> EntryAttributes:
