@@ -33,8 +33,8 @@ def test_creates_and_writes_are_counted_per_opcode(mnt):
             f.write(b"x" * 100)
     table = requests(mnt)
     assert table["create"][0] == 20
-    assert table["write"][0] == 20 + 1          # and the write that cleared the counters
-    assert table["release"][0] == 20
+    # clearing took a write and a release of the control file (its open was cleared)
+    assert table["write"][0] == 20 + 1 and table["release"][0] == 20 + 1
     for opcode, (count, total, mean) in table.items():
         assert count > 0 and total >= 0
         assert mean == pytest.approx(total / count, abs=0.6), opcode
