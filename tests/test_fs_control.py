@@ -31,7 +31,7 @@ except ImportError:  # tests/ imported as a package
     from tests.conftest import expect_errno, read_file, wait_for
 
 CONTROL_FILES = {"stats", "mm_stat", "classes", "compact", "mem_limit", "mem_used_max",
-                 "compact_threshold", "compact_interval"}
+                 "compact_threshold", "compact_interval", "requests"}
 READ_ONLY = {"stats", "mm_stat", "classes"}
 WRITABLE = CONTROL_FILES - READ_ONLY
 

@@ -16,6 +16,8 @@ opens them with direct I/O so no stale page cache is ever read.
 | mem_used_max      | rw     | mem_used_max (``0`` resets it)           |
 | compact_threshold | rw     | background compaction below this ratio   |
 | compact_interval  | rw     | seconds between background checks        |
+| requests          | rw     | none: FUSE requests per opcode, handler  |
+|                   |        | time (``0`` clears the counters)         |
 
 The directory and its files belong to the user who mounted; the kernel's
 ``default_permissions`` check keeps other users to reading. The namespace is
@@ -34,6 +36,7 @@ from .arena import PAGE_SIZE
 from .chunkstore import ChunkStore
 from .compactor import Compactor
 from .options import OptionError, parse_value
+from .requests import RequestStats
 from .tree import Tree
 from .zsmalloc import FULLNESS_LABELS, Pool
 
@@ -81,6 +84,7 @@ class Control:
         self.uid = uid
         self.gid = gid
         self.mtime_ns = time.time_ns()
+        self.requests = RequestStats()
         specs: list[tuple[str, Callable[[], str] | None,
                           Callable[[str], Awaitable[None]] | None]] = [
             ("stats", self._stats, None),
@@ -91,6 +95,7 @@ class Control:
             ("mem_used_max", lambda: f"{self.pool.stats().mem_used_max}\n", self._reset_max),
             ("compact_threshold", lambda: f"{self.compactor.threshold:g}\n", self._set_threshold),
             ("compact_interval", lambda: f"{self.compactor.interval:g}\n", self._set_interval),
+            ("requests", self.requests.render, self._clear_requests),
         ]
         self.files = {
             name.encode(): ControlFile(name.encode(), CONTROL_BASE + 1 + i, render, apply)
@@ -151,6 +156,11 @@ class Control:
         if text != "0":
             raise _einval("mem_used_max")
         self.pool.reset_mem_used_max()
+
+    async def _clear_requests(self, text: str) -> None:
+        if text != "0":
+            raise _einval("requests")
+        self.requests.clear()
 
     async def _set_threshold(self, text: str) -> None:
         self.compactor.threshold = self._parse("compact_threshold", text)
