@@ -28,6 +28,18 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "nonexistent mountpoint": (["{missing}", "-o", "size=1G"], ["{missing}", "No such file"]),
     "mountpoint not a directory": (["zsfs", "{file}", "-o", "rw"], ["{file}", "not a directory"]),
     "too many arguments": (["zsfs", "{mnt}", "extra"], ["unexpected argument 'extra'"]),
+    "5000-digit interval": (["{mnt}", "-o", "compact_interval=" + "9" * 5000],
+                            ["bad value for compact_interval: '99", "(5000 characters)",
+                             "(seconds, from 0.01 to 86400)"]),
+    "infinite interval": (["{mnt}", "-o", "compact_interval=inf"],
+                          ["bad value for compact_interval: 'inf'"]),
+    "nan threshold": (["{mnt}", "-o", "compact_threshold=nan"],
+                      ["bad value for compact_threshold: 'nan'"]),
+    "mem_limit 2**64": (["{mnt}", "-o", "mem_limit=18446744073709551616"],
+                        ["bad value for mem_limit: '18446744073709551616' (out of range"]),
+    "size past the maximum": (["{mnt}", "-o", "size=8e"], ["bad value for size: '8e'"]),
+    "nr_inodes 2**63": (["{mnt}", "-o", "nr_inodes=9223372036854775808"],
+                        ["bad value for nr_inodes", "out of range"]),
 }
 
 

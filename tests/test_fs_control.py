@@ -691,6 +691,167 @@ def test_knobs_as_mount_options(mount):
 
 
 # --------------------------------------------------------------------------
+# numbers written to the control files: ranges and edges
+# --------------------------------------------------------------------------
+
+MAX_BYTES = 2**63 - 4096     # README: size= and mem_limit= at most 8 EiB - 4 KiB
+HUGE = "9" * 5000
+# Refused by every numeric control file, with or without echo's newline.
+JUNK = ["inf", "nan", "-0", "+1", "1e3", "", " ", "\t", "-1", "0x10", "1_0", "\u0661"]
+# Refused as written (no newline added): whitespace other than one trailing newline.
+BAD_SPACING = ["\n\n", " 1\n", "1 \n", "1\n\n", "\n1", "1\r\n", "1\t", "1\x00"]
+
+
+def refused(m, name: str, value: str, shown: str) -> None:
+    """A write of value (as given, and as echo writes it) is EINVAL and changes nothing.
+
+    A write(2) of nothing never reaches the daemon (the kernel answers 0 itself): it
+    succeeds and changes nothing; ``echo > file`` writes a newline, which is refused."""
+    for data in {value, value + "\n"}:
+        if data:
+            expect_errno(errno.EINVAL, write_ctl, m, name, data)
+        else:
+            write_ctl(m, name, data)
+        assert read_ctl(m, name) == shown, (name, data[:40])
+
+
+def test_mem_limit_range_and_edges(mount):
+    m = mount()
+    for value, expect in ((str(MAX_BYTES), MAX_BYTES), (str(MAX_BYTES - 4095), MAX_BYTES),
+                          ("7e", 7 << 60), ("8191P", 8191 << 50), ("1G", 1073741824),
+                          ("1g", GiB), ("000001G", GiB), ("1e", 1 << 60), ("0k", 0),
+                          ("99999999999999999", 100000000000000000)):   # rounded up to 4 KiB
+        for data in (value, value + "\n"):
+            write_ctl(m, "mem_limit", "0")
+            write_ctl(m, "mem_limit", data)
+            assert read_ctl(m, "mem_limit") == f"{expect}\n", data
+            assert istats(m)["mem_limit"] == expect
+    r = shell(f"echo 1G > {ctl(m, 'mem_limit')}")
+    assert r.returncode == 0, r.stderr
+    shown = f"{GiB}\n"
+    assert read_ctl(m, "mem_limit") == shown
+    for value in [str(MAX_BYTES + 1), str(2**63), str(2**64 - 1), str(2**64),
+                  "18446744073709551616", "99999999999999999999999999", HUGE, HUGE + "G",
+                  "8e", "8E", "8192p", "8388608T", "100000000000%", *JUNK,
+                  "1.5G", "1kk", "G", "1GB", "1 G"]:
+        refused(m, "mem_limit", value, shown)
+        assert istats(m)["mem_limit"] == GiB
+    for data in BAD_SPACING:
+        expect_errno(errno.EINVAL, write_ctl, m, "mem_limit", data.replace("1", "2G"))
+        assert read_ctl(m, "mem_limit") == shown
+    # as users do it: echo and printf through the shell
+    r = shell(f"echo {HUGE} > {ctl(m, 'mem_limit')}")
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    r = shell(f"echo 18446744073709551616 > {ctl(m, 'mem_limit')}")
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    r = shell(f"printf 2G > {ctl(m, 'mem_limit')}")
+    assert r.returncode == 0, r.stderr
+    assert read_ctl(m, "mem_limit") == f"{2 * GiB}\n"
+
+
+def test_mem_limit_at_the_maximum_is_no_limit_in_practice(mount):
+    m = mount(f"mem_limit={MAX_BYTES}")
+    assert read_ctl(m, "mem_limit") == f"{MAX_BYTES}\n"
+    data = os.urandom(MiB)
+    write_file(m / "f", data)
+    assert sha(read_file(m / "f")) == sha(data)
+    st = os.statvfs(m.path)
+    assert st.f_bavail > 0 and st.f_blocks >= st.f_bavail
+
+
+def test_compact_threshold_range_and_edges(mount):
+    m = mount()
+    for value, expect in (("1", 1.0), ("100%", 1.0), ("1.000000000000000000000", 1.0),
+                          ("0", 0.0), ("0%", 0.0), ("0.0", 0.0), ("12.5%", 0.125),
+                          (".5", 0.5), ("0." + "0" * 5000 + "1", 0.0)):
+        for data in (value, value + "\n"):
+            write_ctl(m, "compact_threshold", "0.3")
+            write_ctl(m, "compact_threshold", data)
+            assert float(read_ctl(m, "compact_threshold")) == expect, data
+    write_ctl(m, "compact_threshold", "0.75\n")
+    shown = read_ctl(m, "compact_threshold")
+    assert shown == "0.75\n"
+    for value in ["1.0000000000000001", "1.0000000000000000000001", "100.00000000000001%",
+                  "101%", "2", str(2**64), str(2**64 - 1), HUGE, HUGE + "%", *JUNK,
+                  "-0.0", "+0.5", "-0%", "Infinity", "-inf", "NaN", "5e-1", "50%%", "%", "."]:
+        refused(m, "compact_threshold", value, shown)
+    for data in BAD_SPACING:
+        expect_errno(errno.EINVAL, write_ctl, m, "compact_threshold", data)
+        assert read_ctl(m, "compact_threshold") == shown
+    r = shell(f"echo nan > {ctl(m, 'compact_threshold')}")
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    assert read_ctl(m, "compact_threshold") == shown
+
+
+def test_compact_interval_range_and_edges(mount):
+    m = mount()
+    for value, expect in (("86400", 86400.0), ("86400.000", 86400.0), ("0.01", 0.01),
+                          (".01", 0.01), ("1.", 1.0), ("0" * 5000 + "7", 7.0)):
+        for data in (value, value + "\n"):
+            write_ctl(m, "compact_interval", "3")
+            write_ctl(m, "compact_interval", data)
+            assert float(read_ctl(m, "compact_interval")) == expect, data
+    r = shell(f"echo 2.5 > {ctl(m, 'compact_interval')}")
+    assert r.returncode == 0, r.stderr
+    shown = "2.5\n"
+    assert read_ctl(m, "compact_interval") == shown
+    for value in ["86401", "86400.000000000000000001", "86400.0000000001", "0.009",
+                  "0.00999999999999999999", "0", "0.0", "1" + "0" * 400, str(2**64),
+                  str(2**64 - 1), HUGE, *JUNK, "-0.0", "+5", "Infinity", "NaN", "5s", "5%"]:
+        refused(m, "compact_interval", value, shown)
+    for data in BAD_SPACING:
+        expect_errno(errno.EINVAL, write_ctl, m, "compact_interval", data)
+        assert read_ctl(m, "compact_interval") == shown
+    # the defect: 5000 nines were taken as float('inf') and background compaction stopped
+    r = shell(f"echo {HUGE} > {ctl(m, 'compact_interval')}")
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    assert read_ctl(m, "compact_interval") == shown
+
+
+def test_compact_and_mem_used_max_take_one_trailing_newline_only(mount):
+    m = mount()
+    write_ctl(m, "compact", "1")
+    write_ctl(m, "compact", "1\n")
+    write_ctl(m, "mem_used_max", "0")
+    write_ctl(m, "mem_used_max", "0\n")
+    assert stats(m)["compactions_manual"] == 2
+    for data in (" 1", "1 ", "1\n\n", "\n1", "+1", "01", "1.0", "1\r\n", HUGE, "\n"):
+        expect_errno(errno.EINVAL, write_ctl, m, "compact", data)
+        expect_errno(errno.EINVAL, write_ctl, m, "mem_used_max", data.replace("1", "0"))
+    assert stats(m)["compactions_manual"] == 2
+
+
+def test_knob_maxima_as_mount_options(mount):
+    m = mount(f"compact_interval=86400,compact_threshold=100%,mem_limit=7e,"
+              f"nr_inodes={2**63 - 1},size={MAX_BYTES}")
+    assert read_ctl(m, "compact_interval") == "86400\n"
+    assert float(read_ctl(m, "compact_threshold")) == 1.0
+    assert read_ctl(m, "mem_limit") == f"{7 << 60}\n"
+    st = os.statvfs(m.path)
+    assert st.f_files == 2**63 - 1
+    assert st.f_blocks * st.f_frsize == MAX_BYTES
+    write_file(m / "f", b"x" * 100)
+    assert read_file(m / "f") == b"x" * 100
+
+
+def test_lowering_a_long_interval_takes_effect_at_once(mount):
+    """The background task waiting out compact_interval=86400 picks up a new interval
+    in the wait under way, instead of a day later."""
+    m = mount("compact_interval=86400,compact_threshold=0")
+    hashes = write_real_files(m / "d", 300, seed=51)
+    delete_half(m, hashes, seed=52)   # kicks the task: it checks, is not let, waits again
+    time.sleep(0.5)
+    write_ctl(m, "compact_threshold", "0.99")
+    assert total_freeable(m) >= 64
+    time.sleep(1.0)
+    assert stats(m)["compactions_background"] == 0   # still waiting out the day
+    write_ctl(m, "compact_interval", "0.5")
+    assert wait_for(lambda: stats(m)["compactions_background"] > 0, timeout=10), \
+        "the new interval did not apply to the wait under way"
+    check_intact(hashes)
+
+
+# --------------------------------------------------------------------------
 # the namespace is fixed
 # --------------------------------------------------------------------------
 

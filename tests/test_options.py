@@ -370,3 +370,180 @@ def test_libfuse_accepts_every_passed_option(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [], r.stderr
+
+
+# --------------------------------------------------------------------------
+# numbers: integers parsed as integers, ranges, edges (shared with .zsfs/)
+# --------------------------------------------------------------------------
+
+HUGE = "9" * 5000
+MAX_BYTES = 2**63 - 4096
+EDGE_JUNK = ["inf", "nan", "-0", "+0", "+1", "1e3", "", " ", " 1", "1 ", "1\n", "\n", "-1",
+             "0x10", "1_0", "\u0661", "1\x00"]
+
+
+def test_documented_maxima():
+    assert options.MAX_BYTES == MAX_BYTES == 9223372036854771712
+    assert options.MAX_COUNT == 2**63 - 1
+    assert options.MIN_INTERVAL == options.Decimal("0.01")
+    assert options.MAX_INTERVAL == 86400
+
+
+def rejected(name: str, value: str) -> str:
+    """The error message for name=value, which must be refused by parse_options and
+    parse_value (the control files' parser) alike, as one short line."""
+    with pytest.raises(OptionError) as info:
+        parse_options([f"{name}={value}"])
+    message = str(info.value)
+    assert message.startswith(f"bad value for {name}: "), message
+    assert "\n" not in message and len(message) < 200, message
+    with pytest.raises(OptionError) as again:
+        parse_value(name, value)
+    assert str(again.value) == message
+    return message
+
+
+@pytest.mark.parametrize("option", ["size", "mem_limit"])
+@pytest.mark.parametrize("value, expected", [
+    (str(MAX_BYTES), MAX_BYTES),
+    (str(MAX_BYTES - 4095), MAX_BYTES),           # rounds up to the maximum
+    ("7e", 7 << 60), ("7E", 7 << 60),
+    ("8191p", 8191 << 50), ("8388607t", 8388607 << 40), ("8388607G", 8388607 << 30),
+    ("1G", 1073741824), ("1g", 1073741824), ("1K", 4096), ("1M", 1 << 20), ("1T", 1 << 40),
+    ("1p", 1 << 50), ("1e", 1 << 60),
+    ("0k", 0), ("0e", 0), ("000000000001G", GiB), ("0" * 5000, 0), ("0" * 5000 + "1k", 4096),
+    ("99999999999999999", round_up(99999999999999999)),   # no float round trip
+    ("9007199254740993", round_up(9007199254740993)),     # 2**53 + 1
+])
+def test_byte_sizes_are_exact_integers(option, value, expected):
+    got = parse_value(option, value)
+    assert type(got) is int and got == expected
+    assert getattr(parse_options(f"{option}={value}"), option) == expected
+
+
+@pytest.mark.parametrize("option", ["size", "mem_limit"])
+@pytest.mark.parametrize("value", [
+    str(MAX_BYTES + 1),                       # would round up to 2**63
+    str(2**63 - 1), str(2**63), str(2**64 - 1), str(2**64), str(2**64 + 1),
+    "99999999999999999999999999", "18446744073709551616", HUGE, HUGE + "k",
+    "8e", "8E", "8192p", "8388608t", "8388608T", "16e", "9999999999999999999e",
+    "100000000000000000000%", "100000000000%", HUGE + "%",
+])
+def test_byte_sizes_out_of_range(option, value):
+    assert rejected(option, value).endswith(f" (out of range, at most {MAX_BYTES})")
+
+
+@pytest.mark.parametrize("option", ["size", "mem_limit"])
+@pytest.mark.parametrize("value", EDGE_JUNK + ["1.0", "k", "G", "1kk", "1KiB", "1GB", "1z", "1b",
+                                               "1 G", "1G\n", "%", "-1%", "1e-3", "1E3"])
+def test_byte_sizes_malformed(option, value):
+    assert rejected(option, value) == f"bad value for {option}: {value!r}"
+
+
+def test_huge_values_are_cut_short_in_messages():
+    message = rejected("mem_limit", HUGE)
+    assert message == (f"bad value for mem_limit: {'9' * 40!r}... (5000 characters) "
+                       f"(out of range, at most {MAX_BYTES})")
+    message = rejected("compact_interval", HUGE)
+    assert "(5000 characters)" in message and message.endswith("(seconds, from 0.01 to 86400)")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (str(2**63 - 1), 2**63 - 1), ("7e", 7 << 60), ("8191p", 8191 << 50), ("0", 0),
+    ("1G", GiB), ("1e", 1 << 60),
+])
+def test_nr_inodes_range(value, expected):
+    got = parse_value("nr_inodes", value)
+    assert type(got) is int and got == expected
+
+
+@pytest.mark.parametrize("value", [str(2**63), str(2**64 - 1), str(2**64), HUGE, "8e", "8192p"])
+def test_nr_inodes_out_of_range(value):
+    assert rejected("nr_inodes", value).endswith(f" (out of range, at most {2**63 - 1})")
+
+
+@pytest.mark.parametrize("value", EDGE_JUNK + ["1.0", "1k5", "10%"])
+def test_nr_inodes_malformed(value):
+    assert rejected("nr_inodes", value) == f"bad value for nr_inodes: {value!r}"
+
+
+@pytest.mark.parametrize("option", ["uid", "gid"])
+@pytest.mark.parametrize("value", [str(2**32), str(2**64), HUGE, "0" * 30 + "4294967295"])
+def test_huge_ids(option, value):
+    assert rejected(option, value).endswith(" (out of range)")
+
+
+@pytest.mark.parametrize("value", [HUGE, "-" + HUGE, str(2**64), "-" + str(2**64), "-", "--1",
+                                   "inf", "nan", "1e1", " 1", "1\n", "+1"])
+def test_huge_or_odd_levels(value):
+    assert rejected("level", value).endswith(" (-7..-1 or 1..22)")
+
+
+def test_levels_with_leading_zeros():
+    assert parse_value("level", "007") == 7
+    assert parse_value("level", "-07") == -7
+    assert parse_value("level", "0" * 5000 + "3") == 3
+
+
+@pytest.mark.parametrize("value", [HUGE, str(2**64), "1e", "64p", HUGE + "k"])
+def test_huge_chunk_sizes(value):
+    assert rejected("chunk_size", value).endswith(" (a power of two from 4k to 64k)")
+
+
+@pytest.mark.parametrize("value", [HUGE, "0" * 5000 + "8"])
+def test_huge_modes(value):
+    assert rejected("mode", value).endswith(" (octal, at most 7777)")
+
+
+def test_mode_with_many_leading_zeros():
+    assert parse_value("mode", "0" * 5000 + "755") == 0o755
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("1", 1.0), ("1.000000000000000000000000000000", 1.0), ("100%", 1.0), ("100.000%", 1.0),
+    ("0", 0.0), ("0.0", 0.0), ("0%", 0.0), ("00.5", 0.5), ("0." + "0" * 5000 + "1", 0.0),
+    ("0.99999999999999999999999", 1.0), ("99.5%", 0.995), ("33.3%", 0.333),
+])
+def test_compact_threshold_edges(value, expected):
+    got = parse_value("compact_threshold", value)
+    assert type(got) is float and got == expected
+
+
+@pytest.mark.parametrize("value", [
+    "1.0000000000000000000001", "100.0000000000000000001%", "1.0000000000000001",
+    "100.00000000000001%", HUGE, HUGE + "%", str(2**64), str(2**64 - 1), "2",
+])
+def test_compact_threshold_beyond_one(value):
+    assert rejected("compact_threshold", value).endswith(" (from 0 to 1, or 0% to 100%)")
+
+
+@pytest.mark.parametrize("value", EDGE_JUNK + [
+    "-0.0", "+0.5", "-0%", "Infinity", "-inf", "NaN", "sNaN", "5e-1", "50%%", "%", ".", "..5",
+    "1/2", "0.5 %",
+])
+def test_compact_threshold_malformed(value):
+    assert rejected("compact_threshold", value) == f"bad value for compact_threshold: {value!r}"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("86400", 86400.0), ("86400.000", 86400.0), ("0.01", 0.01), ("0.010", 0.01), (".01", 0.01),
+    ("1.", 1.0), ("0" * 5000 + "5", 5.0), ("86399.99999999999999999999", 86400.0),
+])
+def test_compact_interval_edges(value, expected):
+    got = parse_value("compact_interval", value)
+    assert type(got) is float and got == expected
+
+
+@pytest.mark.parametrize("value", [
+    "86401", "86400.000000000000000001", "86400.0000000001", "0.00999999999999999999",
+    "0.009", "0.001", "0", "0.0", ".0", HUGE, "1" + "0" * 400, str(2**64), str(2**64 - 1),
+])
+def test_compact_interval_out_of_range(value):
+    assert rejected("compact_interval", value).endswith(" (seconds, from 0.01 to 86400)")
+
+
+@pytest.mark.parametrize("value", EDGE_JUNK + [
+    "-0.0", "+5", "Infinity", "-inf", "NaN", "1e3", "1E3", "5s", "1m", "5%", ".", "1:00",
+])
+def test_compact_interval_malformed(value):
+    assert rejected("compact_interval", value) == f"bad value for compact_interval: {value!r}"

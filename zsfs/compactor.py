@@ -7,10 +7,11 @@ so between slices we yield to the event loop and FUSE requests (reads, writes,
 frees) are served. One compaction runs at a time (a manual request arriving while
 the background task works waits for it, then finds little left to do).
 
-The background task sleeps ``interval`` seconds or until ``kick()`` says that
-something may have been freed, and compacts when the fragmentation ratio (live object bytes /
-pool bytes) is below ``threshold`` and enough pages are freeable to be worth the
-copying: at least ``min_freeable_pages`` and 1% of the pool.
+The background task sleeps ``interval`` seconds (a changed interval applies to the
+sleep under way) or until ``kick()`` says that something may have been freed, and
+compacts when the fragmentation ratio (live object bytes / pool bytes) is below
+``threshold`` and enough pages are freeable to be worth the copying: at least
+``min_freeable_pages`` and 1% of the pool.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class Compactor:
                  min_freeable_pages: int = 64) -> None:
         self.pool = pool
         self.threshold = threshold
-        self.interval = interval
+        self._interval = interval
+        self._sleep: trio.CancelScope | None = None   # the background task's wait
+        self._sleep_started = 0.0
         self.min_freeable_pages = min_freeable_pages
         self.background_runs = 0
         self.manual_runs = 0
@@ -89,6 +92,18 @@ class Compactor:
                 self.background_runs += 1
             return freed
 
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        """A new interval applies to the wait under way too (counted from its start),
+        so lowering a long interval takes effect at once."""
+        self._interval = seconds
+        if self._sleep is not None:
+            self._sleep.deadline = self._sleep_started + seconds
+
     def kick(self) -> None:
         """Tell the background task that much was freed: check early."""
         self._kicked.set()
@@ -103,9 +118,11 @@ class Compactor:
     async def run(self) -> None:
         """The background task: never returns (cancel it)."""
         while True:
-            with trio.move_on_after(self.interval):
+            self._sleep_started = trio.current_time()
+            with trio.CancelScope(deadline=self._sleep_started + self._interval) as self._sleep:
                 await self._kicked.wait()
                 await trio.sleep(KICK_SETTLE_SECONDS)
+            self._sleep = None
             self._kicked = trio.Event()
             if self.worth_it():
                 freed = await self.compact(manual=False)

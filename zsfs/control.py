@@ -19,6 +19,10 @@ opens them with direct I/O so no stale page cache is ever read.
 | requests          | rw     | none: FUSE requests per opcode, handler  |
 |                   |        | time (``0`` clears the counters)         |
 
+Values are parsed by the same functions as the mount options of the same name
+(zsfs.options), ranges included; a write may end with one newline, as ``echo``'s
+does, and may hold nothing else. A rejected write changes nothing.
+
 The directory and its files belong to the user who mounted; the kernel's
 ``default_permissions`` check keeps other users to reading. The namespace is
 fixed: nothing can be created, removed, linked, renamed or chmod'ed in it.
@@ -130,10 +134,12 @@ class Control:
         if control.apply is None:
             raise OSError(errno.EINVAL, f"{control.name.decode()} is read-only")
         try:
-            text = data.decode("ascii").strip()
+            text = data.decode("ascii")
         except UnicodeDecodeError:
             raise _einval(control.name.decode()) from None
-        await control.apply(text)
+        # As the kernel's kstrto*() for sysfs: one trailing newline (echo's) and no
+        # other whitespace.
+        await control.apply(text[:-1] if text.endswith("\n") else text)
 
     # -- writers -------------------------------------------------------------------
 

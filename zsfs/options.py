@@ -11,8 +11,15 @@ Conventions:
 
 * ``size=0`` and ``nr_inodes=0`` mean unlimited (as in tmpfs) and are kept as 0;
   ``mem_limit=0`` means no limit (as in zram).
-* Sizes take k/m/g/t suffixes in either case (1024-based); ``size`` and
+* Numbers are ASCII decimal digits, without sign, exponent, spaces or ``_``,
+  and are parsed as integers (no float round trip). Sizes and counts take
+  k/m/g/t/p/e suffixes in either case (1024-based, as memparse); ``size`` and
   ``mem_limit`` also take ``N%`` of physical RAM and are rounded up to 4 KiB.
+* Every value has a range and anything outside it is an error, never clamped:
+  ``size`` and ``mem_limit`` at most ``MAX_BYTES`` after rounding, ``nr_inodes``
+  at most ``MAX_COUNT``, ``compact_threshold`` 0..1 (0%..100%) and
+  ``compact_interval`` from ``MIN_INTERVAL`` to ``MAX_INTERVAL`` seconds, both
+  decimals compared exactly (``nan``, ``inf``, ``1e3`` and signs are malformed).
 * ``uid=`` and ``gid=`` take a number or a name; ``level=0`` is refused, since
   zstd would read it as its default level 3.
 * Options that only matter to mount(8) itself (``defaults``, ``noauto``,
@@ -32,6 +39,7 @@ import grp
 import os
 import pwd
 import re
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -40,12 +48,24 @@ from .arena import physical_memory
 _PAGE = 4096
 _NO_ID = 2**32 - 1  # (uid_t)-1 means "unchanged" to chown(2), so it owns nothing
 
-_INT = re.compile(r"[0-9]+")
-_SCALED = re.compile(r"([0-9]+)([kmgt]?)", re.IGNORECASE)
+_DIGITS = re.compile(r"[0-9]+")
+_SCALED = re.compile(r"([0-9]+)([kmgtpe]?)", re.IGNORECASE)
 _PERCENT = re.compile(r"([0-9]+)%")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _LEVELS = frozenset(range(-7, 23)) - {0}
-_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
+           "e": 1 << 60}
+
+#: Largest size= and mem_limit=: the last 4 KiB multiple below 2**63 (off_t's range).
+MAX_BYTES = 2**63 - _PAGE
+#: Largest nr_inodes=.
+MAX_COUNT = 2**63 - 1
+#: compact_interval= range, seconds: a day at most (compact_threshold=0 turns
+#: background compaction off), and not so short that the check spins.
+MIN_INTERVAL = Decimal("0.01")
+MAX_INTERVAL = 86400
+# No accepted integer has this many significant digits: longer ones are not converted.
+_MAX_DIGITS = len(str(2**64))
 
 # flag -> the group in which the last given flag wins
 _FLAGS = {
@@ -82,38 +102,57 @@ class MountOptions:
     chunk_size: int  # a power of two, 4 KiB..64 KiB; default 16 KiB
     level: int  # zstd level, -7..-1 or 1..22; default 1
     compact_threshold: float  # fraction 0..1; default 0.95
-    compact_interval: float  # seconds > 0; default 5
+    compact_interval: float  # seconds, MIN_INTERVAL..MAX_INTERVAL; default 5
     fuse_options: tuple[str, ...]  # for pyfuse3.init
-
 
 
 def _round_up(n: int) -> int:
     return -(-n // _PAGE) * _PAGE
 
 
+def _integer(digits: str) -> int:
+    """The value of a string of ASCII digits; past _MAX_DIGITS, 10**_MAX_DIGITS, which
+    is above every range (int() of a 5000-digit string is refused anyway)."""
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_DIGITS:
+        return 10**_MAX_DIGITS
+    return int(significant or "0")
+
+
+def _in_range(n: int, maximum: int) -> int:
+    if n > maximum:
+        raise ValueError(f"out of range, at most {maximum}")
+    return n
+
+
 def _scaled(value: str) -> int:
+    """Digits with an optional k/m/g/t/p/e suffix (powers of 1024)."""
     m = _SCALED.fullmatch(value)
     if not m:
         raise ValueError
-    return int(m[1]) * _SUFFIX[m[2].lower()]
+    return _integer(m[1]) * _SUFFIX[m[2].lower()]
+
+
+def _count(value: str) -> int:
+    return _in_range(_scaled(value), MAX_COUNT)
 
 
 def _bytes(value: str) -> int:
+    """A byte count: scaled digits or N% of RAM, rounded up to 4 KiB, at most MAX_BYTES."""
     m = _PERCENT.fullmatch(value)
-    if m:
-        return _round_up(physical_memory() * int(m[1]) // 100)
-    return _round_up(_scaled(value))
+    n = physical_memory() * _integer(m[1]) // 100 if m else _scaled(value)
+    return _in_range(_round_up(n), MAX_BYTES)
 
 
 def _mode(value: str) -> int:
     if not re.fullmatch(r"0*[0-7]{1,4}", value):
         raise ValueError("octal, at most 7777")
-    return int(value, 8)
+    return int(value.lstrip("0") or "0", 8)
 
 
 def _id(value: str, lookup: Callable[[str], int], what: str) -> int:
-    if _INT.fullmatch(value):
-        n = int(value)
+    if _DIGITS.fullmatch(value):
+        n = _integer(value)
         if n >= _NO_ID:
             raise ValueError("out of range")
         return n
@@ -139,26 +178,36 @@ def _chunk_size(value: str) -> int:
 
 
 def _level(value: str) -> int:
-    if not re.fullmatch(r"-?[0-9]+", value) or int(value) not in _LEVELS:
+    negative = value.startswith("-")
+    digits = value[negative:]
+    n = _integer(digits) if _DIGITS.fullmatch(digits) else 0
+    level = -n if negative else n
+    if level not in _LEVELS:   # 0 (and -0) included: zstd would read it as level 3
         raise ValueError("-7..-1 or 1..22")
-    return int(value)
+    return level
+
+
+def _decimal(value: str) -> Decimal:
+    """An unsigned decimal without exponent, exactly (no nan, inf, sign or spaces)."""
+    if not _DECIMAL.fullmatch(value):
+        raise ValueError
+    return Decimal(value)
 
 
 def _fraction(value: str) -> float:
-    m = re.fullmatch(r"(.*)%", value)
-    text = m[1] if m else value
-    if not _DECIMAL.fullmatch(text):
-        raise ValueError
-    x = float(text) / 100 if m else float(text)
-    if not 0 <= x <= 1:
+    """0..1, or 0%..100%, compared exactly before it becomes a float."""
+    percent = value.endswith("%")
+    x = _decimal(value[:-1] if percent else value)
+    if not 0 <= x <= (100 if percent else 1):
         raise ValueError("from 0 to 1, or 0% to 100%")
-    return x
+    return float(x.scaleb(-2) if percent else x)
 
 
 def _seconds(value: str) -> float:
-    if not _DECIMAL.fullmatch(value) or float(value) <= 0:
-        raise ValueError("seconds, more than 0")
-    return float(value)
+    x = _decimal(value)
+    if not MIN_INTERVAL <= x <= MAX_INTERVAL:
+        raise ValueError(f"seconds, from {MIN_INTERVAL} to {MAX_INTERVAL}")
+    return float(x)
 
 
 def _fsname(value: str) -> str:
@@ -175,7 +224,7 @@ def _subtype(value: str) -> str:
 
 _PARSERS: dict[str, Callable[[str], int | float]] = {
     "size": _bytes,
-    "nr_inodes": _scaled,
+    "nr_inodes": _count,
     "mode": _mode,
     "uid": _uid,
     "gid": _gid,
@@ -190,12 +239,21 @@ _NAMES: dict[str, Callable[[str], str]] = {"fsname": _fsname, "subtype": _subtyp
 _T = TypeVar("_T")
 
 
+_SHOWN = 40   # longer values are cut short in error messages
+
+
+def _shown(value: str) -> str:
+    if len(value) <= _SHOWN:
+        return repr(value)
+    return f"{value[:_SHOWN]!r}... ({len(value)} characters)"
+
+
 def _checked(parse: Callable[[str], _T], name: str, value: str) -> _T:
     try:
         return parse(value)
     except ValueError as e:
         hint = f" ({e})" if str(e) else ""
-        raise OptionError(f"bad value for {name}: {value!r}{hint}") from None
+        raise OptionError(f"bad value for {name}: {_shown(value)}{hint}") from None
 
 
 def parse_value(name: str, value: str) -> int | float:
