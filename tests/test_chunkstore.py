@@ -865,3 +865,72 @@ async def test_a_compressor_failure_is_logged_and_the_chunks_are_stored_later(mo
     assert "planted compression failure" in caplog.text and "Traceback" in caplog.text
     assert read_all(store, cmap, len(data)) == data
     check_store(store, [cmap], check_orig=True)
+
+
+# Large reads decompress on a worker thread (read_parallel).
+
+async def mixed_file(store: ChunkStore, seed: int) -> tuple[ChunkMap, bytearray]:
+    """A file of zstd, raw, filled, staged chunks and holes, and its model."""
+    rng = random.Random(seed)
+    cmap, model = ChunkMap(), bytearray()
+    for idx in range(40):
+        kind = rng.choice(["text", "noise", "fill", "hole", "short"])
+        if kind == "hole":
+            continue
+        data = {"text": lambda: text(CHUNK, seed=idx), "noise": lambda: os.urandom(CHUNK),
+                "fill": lambda: b"\x5a" * CHUNK,
+                "short": lambda: text(rng.randrange(1, CHUNK), seed=idx)}[kind]()
+        await store.write(cmap, idx * CHUNK, data)
+        model_write(model, idx * CHUNK, data)
+    await store.flush()
+    late = text(3 * CHUNK, seed=seed)            # and some chunks staged still
+    await store.write(cmap, 7 * CHUNK + 100, late)
+    model_write(model, 7 * CHUNK + 100, late)
+    return cmap, model
+
+
+async def test_parallel_reads_match_the_model():
+    store = make_store()
+    cmap, model = await mixed_file(store, seed=30)
+    rng = random.Random(31)
+    size = len(model)
+    for _ in range(40):
+        offset = rng.randrange(size)
+        length = rng.choice([chunkstore.PARALLEL_READ_BYTES, size, rng.randrange(1, size)])
+        want = bytes(model[offset:offset + length]).ljust(length, b"\0")
+        assert await store.read_parallel(cmap, offset, length) == want
+    assert len(store._read_codecs) == 1          # one decoder served every read in turn
+
+
+async def test_a_parallel_read_returns_what_was_there_when_it_began(monkeypatch):
+    """While the thread decompresses, the file is freed, its pages reused and the pool
+    compacted: the read's frames were copied out, so it still returns the old bytes."""
+    store = make_store()
+    cmap, model = await mixed_file(store, seed=32)
+    started, go = threading.Event(), threading.Event()
+    codec = chunkstore.Codec(1, store.pool.huge_class_size)
+
+    def held(frames, decompress_many=codec.decompress_many):
+        started.set()
+        assert go.wait(30), "the test never let the decompression finish"
+        return decompress_many(frames)
+
+    monkeypatch.setattr(codec, "decompress_many", held)
+    store._read_codecs.append(codec)
+    result = []
+
+    async def reader():
+        result.append(await store.read_parallel(cmap, 0, len(model)))
+
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            assert await trio.to_thread.run_sync(started.wait, 30)
+            store.release(cmap)                        # frees every object of the file
+            other = ChunkMap()
+            await store.write(other, 0, os.urandom(20 * CHUNK))   # reuses its pages
+            await store.flush()
+            store.pool.compact()
+            go.set()
+    assert result == [model]
+    check_store(store, [other])

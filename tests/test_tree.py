@@ -115,7 +115,7 @@ async def test_unlinked_open_files_live_until_closed_and_forgotten():
     tree.open(f.ino)
     assert await tree.write(f, 0, b"data" * 10000) == 40000
     tree.unlink(ROOT_INODE, b"f")
-    assert f.nlink == 0 and tree.read(f, 0, 4) == b"data"
+    assert f.nlink == 0 and await tree.read(f, 0, 4) == b"data"
     tree.close(f)
     assert f.ino in tree.inodes                  # the kernel still knows it
     tree.forget(f.ino, 1)

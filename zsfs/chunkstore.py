@@ -48,6 +48,7 @@ from .staging import CompressionQueue, Staged
 from .zsmalloc import Pool, PoolFull
 
 STAGING_LIMIT = 8 << 20        # staged bytes past which a write waits for the compressors
+PARALLEL_READ_BYTES = 256 << 10   # reads at least this long decompress on a worker thread
 COMPRESSORS = 2                # batches compressed at once, one thread each: one commits
                                # on the trio thread while the other compresses
 
@@ -176,6 +177,15 @@ class StoreStats:
     staged_bytes: int
 
 
+def _scatter(out: bytearray, pieces: list[tuple[int, int, int, int]],
+             contents: list[Buffer]) -> None:
+    """Copy decompressed chunk contents into a read's buffer (see ``ChunkStore._gather``)."""
+    for (pos, in_chunk, n, held), content in zip(pieces, contents):
+        end = min(in_chunk + n, held)
+        if end > in_chunk:
+            out[pos:pos + end - in_chunk] = memoryview(content)[in_chunk:end]
+
+
 class ChunkStore:
     """Files as chunk maps over a Pool.
 
@@ -196,6 +206,7 @@ class ChunkStore:
         self.capacity = capacity
         self.make_room = make_room
         self.codec = Codec(level, raw_threshold=pool.huge_class_size)
+        self._read_codecs: list[Codec] = []          # idle, for reads on worker threads
         self.queue = CompressionQueue(
             [Codec(level, pool.huge_class_size, threads=1) for _ in range(COMPRESSORS)],
             self._commit_staged)
@@ -233,41 +244,69 @@ class ChunkStore:
     def read(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes at ``offset`` (the caller clips to the file size)."""
         cs = self.chunk_size
-        first = offset // cs
-        in_chunk = offset - first * cs
-        get = cmap.get
+        first, in_chunk = divmod(offset, cs)
         if in_chunk + length <= cs:
-            entry = get(first)
+            entry = cmap.get(first)
             if entry is None:
                 return bytes(length)
             content = self._content(entry)
             piece = bytes(content[in_chunk:in_chunk + length])
             return piece + bytes(length - len(piece)) if len(piece) < length else piece
+        out, pieces, frames = self._gather(cmap, offset, length, copy=False)
+        if pieces:
+            _scatter(out, pieces, self.codec.decompress_many(frames))
+        return out
+
+    async def read_parallel(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
+        """``read``, but a large read decompresses on a worker thread.
+
+        The event loop meanwhile serves other requests, among them the kernel's
+        other read-ahead READs of the same file: with several in flight, both cores
+        decompress. The frames are copied out of the arena first, since compaction
+        may move objects while the thread works; a chunk written meanwhile is read
+        as it was when the read began.
+        """
+        if length < PARALLEL_READ_BYTES:
+            return self.read(cmap, offset, length)
+        out, pieces, frames = self._gather(cmap, offset, length, copy=True)
+        if pieces:
+            codec = self._read_codecs.pop() if self._read_codecs else Codec(
+                self.codec.level, self.codec.raw_threshold)
+            try:
+                contents = await trio.to_thread.run_sync(codec.decompress_many, frames)
+            finally:
+                self._read_codecs.append(codec)
+            _scatter(out, pieces, contents)
+        return out
+
+    def _gather(self, cmap: ChunkMap, offset: int, length: int, copy: bool
+                ) -> tuple[bytearray, list[tuple[int, int, int, int]], list[Buffer]]:
+        """A read's buffer, filled with every piece but the zstd chunks' (holes are zeros),
+        and those pieces (position in out, offset in chunk, bytes wanted, length held)
+        with their frames, copied out of the arena if ``copy``."""
+        cs = self.chunk_size
+        idx, in_chunk = divmod(offset, cs)
         out = bytearray(length)
-        compressed = []   # (position in out, offset in chunk, bytes wanted, entry)
+        pieces = []
+        frames: list[Buffer] = []
         pos = 0
-        idx = first
+        get = cmap.get
         while pos < length:
             n = min(cs - in_chunk, length - pos)
             entry = get(idx)
             if entry is None:
                 pass
             elif entry_kind(entry) == Encoding.ZSTD:
-                compressed.append((pos, in_chunk, n, entry))
+                pieces.append((pos, in_chunk, n, entry_length(entry)))
+                frame = self.pool.read(entry_payload(entry))
+                frames.append(bytes(frame) if copy else frame)
             else:
                 piece = self._content(entry)[in_chunk:in_chunk + n]
                 out[pos:pos + len(piece)] = piece
             pos += n
             in_chunk = 0
             idx += 1
-        if compressed:
-            frames = [self.pool.read(entry_payload(entry)) for *_, entry in compressed]
-            for (pos, in_chunk, n, entry), content in zip(compressed,
-                                                          self.codec.decompress_many(frames)):
-                end = min(in_chunk + n, entry_length(entry))
-                if end > in_chunk:
-                    out[pos:pos + end - in_chunk] = memoryview(content)[in_chunk:end]
-        return out
+        return out, pieces, frames
 
     # -- writing ------------------------------------------------------------------
 

@@ -333,7 +333,7 @@ class Operations(pyfuse3.Operations):
         target = self._open[fh]
         if isinstance(target, _ControlHandle):
             return target.content[off:off + size]
-        return self.tree.read(target, off, size)
+        return await self.tree.read(target, off, size)
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:

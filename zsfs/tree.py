@@ -457,11 +457,11 @@ class Tree:
 
     # -- data --------------------------------------------------------------------------
 
-    def read(self, inode: Inode, offset: int, length: int) -> bytes | bytearray:
+    async def read(self, inode: Inode, offset: int, length: int) -> bytes | bytearray:
         length = min(length, inode.size - offset)
         if length <= 0:
             return b""
-        data = self.store.read(inode.data, offset, length)
+        data = await self.store.read_parallel(inode.data, offset, length)
         self._touch_atime(inode)
         return data
 
