@@ -38,6 +38,7 @@ from .arena import PAGE_SIZE
 from .chunkstore import ChunkStore, NoSpace
 from .compactor import Compactor
 from .control import CONTROL_DIR_INO, CONTROL_NAME, Control
+from .credentials import Caller
 from .options import MountOptions
 from .requests import RequestStats
 from .tree import NAME_MAX, ROOT_INODE, Inode, Tree
@@ -112,8 +113,10 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, control: Control, compactor: Compactor) -> None:
+    def __init__(self, tree: Tree, control: Control, compactor: Compactor,
+                 xattrs: bool = True) -> None:
         super().__init__()
+        self.xattrs = xattrs
         self.tree = tree
         self.store: ChunkStore = tree.store
         self.pool: Pool = tree.store.pool
@@ -223,6 +226,7 @@ class Operations(pyfuse3.Operations):
                 return self._control_attr(inode)
             raise FUSEError(errno.EPERM)
         node = self.tree.get(inode)
+        gid = node.gid
         if fields.update_size:
             await self.tree.set_size(node, attr.st_size)
             self.compactor.kick()
@@ -235,6 +239,10 @@ class Operations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
         )
+        if not (fields.update_atime or fields.update_mtime):
+            # A chmod, chown, truncate or a write's privilege kill (which arrives with
+            # no field at all when the kernel found nothing it clears itself).
+            self.tree.kill_set_group_id(node, Caller.of(ctx), gid)
         return self._attr(node)
 
     @handler
@@ -314,9 +322,14 @@ class Operations(pyfuse3.Operations):
             return FileInfo(fh=self._new_fh(_ControlHandle(inode, content)), direct_io=True)
         node = self.tree.get(inode)
         if flags & os.O_TRUNC and node.data is not None:
-            # libfuse negotiates atomic O_TRUNC, so truncation is ours to do.
+            # libfuse negotiates atomic O_TRUNC, so truncation is ours to do, and so is
+            # clearing set-ID bits: the kernel drops the SETATTR that would have.
             await self.tree.set_size(node, 0)
             self.compactor.kick()
+            if self.tree.kill_set_id(node, Caller.of(ctx)):
+                # The kernel keeps the mode it has cached (exec reads set-ID bits from
+                # it): make it ask again. No page is invalidated, so no lock is taken.
+                pyfuse3.invalidate_inode(inode, attr_only=True)
         return FileInfo(fh=self._new_fh(self.tree.open(inode)))
 
     @handler
@@ -429,26 +442,37 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes -------------------------------------------------------------
 
+    def _check_xattrs(self) -> None:
+        """ENOSYS under ``noxattr``. The kernel then fails every later xattr call on the
+        mount with EOPNOTSUPP by itself, and stops asking for ``security.capability``
+        before each write(2): a round trip less per write."""
+        if not self.xattrs:
+            raise FUSEError(errno.ENOSYS)
+
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_xattrs()
         if self.control.owns(inode):
             raise FUSEError(errno.EPERM)
         self.tree.set_xattr(self.tree.get(inode), name, value)
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        self._check_xattrs()
         if self.control.owns(inode):
             raise FUSEError(errno.ENODATA)
         return self.tree.get_xattr(self.tree.get(inode), name)
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        self._check_xattrs()
         if self.control.owns(inode):
             return []
-        return self.tree.list_xattrs(self.tree.get(inode))
+        return self.tree.list_xattrs(self.tree.get(inode), Caller.of(ctx))
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_xattrs()
         if self.control.owns(inode):
             raise FUSEError(errno.EPERM)
         self.tree.remove_xattr(self.tree.get(inode), name)
@@ -463,4 +487,4 @@ def build_operations(opts: MountOptions) -> Operations:
     tree = Tree(store, nr_inodes=opts.nr_inodes, root_mode=opts.mode, root_uid=opts.uid,
                 root_gid=opts.gid, atime="noatime" if "noatime" in opts.fuse_options else "relatime")
     control = Control(pool, store, tree, compactor, uid=os.getuid(), gid=os.getgid())
-    return Operations(tree, control, compactor)
+    return Operations(tree, control, compactor, xattrs=opts.xattr)

@@ -25,7 +25,8 @@ Conventions:
 * Options that only matter to mount(8) itself (``defaults``, ``noauto``,
   ``nofail``, ``x-*``, ...) are accepted and ignored.
 * Flags are passed to libfuse, except ``relatime``, which libfuse 3.14 rejects
-  and which is the kernel's default anyway; ``default_permissions``,
+  and which is the kernel's default anyway, and zsfs's own ``noxattr``
+  (``xattr``, the default, undoes it); ``default_permissions``,
   ``subtype=zsfs`` and ``fsname=`` are always passed.
 * ``fsname=`` overrides the mount source; ``subtype=`` is accepted only as
   ``zsfs``, because the subtype is what makes the mount ``fuse.zsfs``.
@@ -79,8 +80,9 @@ _FLAGS = {
     "allow_other": "allow", "allow_root": "allow",
     "auto_unmount": "auto_unmount",
     "default_permissions": "default_permissions",
+    "xattr": "xattr", "noxattr": "xattr",
 }
-_NOT_PASSED = frozenset({"relatime", "default_permissions"})
+_NOT_PASSED = frozenset({"relatime", "default_permissions", "xattr", "noxattr"})
 _FOR_MOUNT_ONLY = frozenset(
     {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",
      "_netdev", "nofail", "comment"}
@@ -104,6 +106,7 @@ class MountOptions:
     compact_threshold: float  # fraction 0..1; default 0.95
     compact_interval: float  # seconds, MIN_INTERVAL..MAX_INTERVAL; default 5
     fuse_options: tuple[str, ...]  # for pyfuse3.init
+    xattr: bool = True  # extended attributes; noxattr saves a round trip per write(2)
 
 
 def _round_up(n: int) -> int:
@@ -312,4 +315,4 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
             values[name] = parse_value(name, value)
     fuse = ("default_permissions", f"subtype={names['subtype']}", f"fsname={names['fsname']}",
             *(flag for flag in flags.values() if flag not in _NOT_PASSED))
-    return MountOptions(**values, fuse_options=fuse)
+    return MountOptions(**values, fuse_options=fuse, xattr=flags.get("xattr") != "noxattr")
