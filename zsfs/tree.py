@@ -5,7 +5,8 @@ their limits, link counts, directory entries with readdir cookies, rename with i
 flags, timestamps, set-group-ID inheritance, extended attributes, the lifetime of
 unlinked-but-open inodes, and the capacity limits (``nr_inodes``, and ``size`` via
 the chunk store). Permission checks are the kernel's (``default_permissions``),
-except what only the filesystem can know.
+except what only the filesystem can know: the set-ID bits the FUSE module leaves
+to it and which ``trusted.*`` names a caller may list (``credentials.Caller``).
 
 Errors are raised as ``OSError(errno, message)``; the FUSE layer turns them into
 replies. File data goes through the ChunkStore; the tree only keeps each regular
@@ -36,12 +37,14 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from .chunkstore import ChunkMap, ChunkStore
+from .credentials import CAP_FSETID, CAP_SYS_ADMIN, Caller
 
 ROOT_INODE = 1
 NAME_MAX = 255
 PATH_MAX = 4096
 XATTR_SIZE_MAX = 65536
 XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+XATTR_TRUSTED = b"trusted."
 FIRST_COOKIE = 3
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -455,6 +458,52 @@ class Tree:
             inode.mtime_ns = mtime_ns
         inode.ctime_ns = ctime_ns if ctime_ns is not None else time.time_ns()
 
+    # -- set-user-ID and set-group-ID bits ------------------------------------------------
+    #
+    # With default_permissions the kernel clears these bits itself when a write,
+    # truncate or chown needs it (a SETATTR with the new mode arrives first), except in
+    # two cases that tmpfs handles and the FUSE module leaves to the filesystem.
+
+    @staticmethod
+    def kill_set_id(inode: Inode, caller: Caller) -> bool:
+        """Clear set-ID bits as a truncation by *caller* does (the kernel's
+        setattr_should_drop_suidgid()): S_ISUID always, S_ISGID when the file is
+        group-executable or the caller is not in its group; nothing for a caller with
+        CAP_FSETID or for anything but a regular file. True if the mode changed.
+
+        For open(O_TRUNC): the kernel then leaves the truncation to the filesystem's
+        open and drops the mode change it computed."""
+        mode = inode.mode
+        if not stat.S_ISREG(mode) or not mode & (stat.S_ISUID | stat.S_ISGID):
+            return False
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not caller.in_group(inode.gid)):
+            kill |= stat.S_ISGID
+        if not kill or caller.capable(CAP_FSETID):
+            return False
+        inode.mode = mode & ~kill
+        inode.ctime_ns = time.time_ns()
+        return True
+
+    @staticmethod
+    def kill_set_group_id(inode: Inode, caller: Caller, gid: int) -> bool:
+        """Clear a set-group-ID bit without group-execute if *caller* is neither in the
+        file's group *gid* (its group before the request) nor has CAP_FSETID (the
+        kernel's setattr_should_drop_sgid()). True if the mode changed.
+
+        For the SETATTR of a write's or truncate's privilege kill, of a chown or of a
+        chmod: the FUSE module clears S_ISGID only together with S_IXGRP, and strips
+        it from a chmod by such a caller before it arrives, so a chmod loses nothing
+        here."""
+        mode = inode.mode
+        if not stat.S_ISREG(mode) or mode & (stat.S_ISGID | stat.S_IXGRP) != stat.S_ISGID:
+            return False
+        if caller.in_group_or_capable(gid):
+            return False
+        inode.mode = mode & ~stat.S_ISGID
+        inode.ctime_ns = time.time_ns()
+        return True
+
     # -- data --------------------------------------------------------------------------
 
     async def read(self, inode: Inode, offset: int, length: int) -> bytes | bytearray:
@@ -529,5 +578,12 @@ class Tree:
         inode.ctime_ns = time.time_ns()
 
     @staticmethod
-    def list_xattrs(inode: Inode) -> list[bytes]:
-        return list(inode.xattrs or ())
+    def list_xattrs(inode: Inode, caller: Caller | None = None) -> list[bytes]:
+        """The names of an inode's xattrs; ``trusted.*`` ones only for a caller with
+        CAP_SYS_ADMIN, as tmpfs lists them (the kernel refuses others their values but
+        passes on whatever names the filesystem lists)."""
+        names = list(inode.xattrs or ())
+        if any(n.startswith(XATTR_TRUSTED) for n in names) and not (
+                caller is not None and caller.capable(CAP_SYS_ADMIN)):
+            names = [n for n in names if not n.startswith(XATTR_TRUSTED)]
+        return names
