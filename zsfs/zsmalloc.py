@@ -43,6 +43,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
+import itertools
 from itertools import accumulate
 from typing import Iterable, Iterator
 
@@ -564,7 +565,9 @@ class Pool:
         """Compact in slices: move at most ``budget`` objects, then yield pages freed.
 
         The pool is consistent at every yield, so malloc, free and read may run
-        between slices; each slice re-chooses its source and destination.
+        between slices; each slice re-chooses its source and destination. Classes
+        are compacted one by one, largest first, as in the kernel; then what that
+        leaves is spilled (``_spill_zspage``).
         """
         for cls in reversed(self._classes):
             while cls.freeable():
@@ -573,6 +576,13 @@ class Pool:
                 yield freed
                 if not moved:
                     break
+        for cls in reversed(self._classes):
+            while not cls.huge:
+                freed, moved = self._spill(cls, budget)
+                if not moved:
+                    break
+                self.pages_compacted += freed
+                yield freed
 
     def _compact_class(self, cls: SizeClass, budget: int) -> tuple[int, int]:
         """Move up to ``budget`` objects from the emptiest zspages into the fullest.
@@ -599,32 +609,93 @@ class Pool:
     def _migrate(self, cls: SizeClass, src: ZsPage, dst: ZsPage, budget: int) -> int:
         """Move live objects of ``src`` into ``dst`` until one side or the budget runs out."""
         moved = 0
-        view, handles = self._view, self._handles
-        for idx in range(src.bump):
+        for idx, tag in self._live_slots(src):
             if moved == budget or dst.inuse == cls.objs_per_zspage:
                 break
-            addr = self._slot_addr(src, idx)
-            tag = _header.unpack_from(view, addr)[0]
-            if not tag & 1:
-                continue
-            handle = tag >> 1
-            entry = handles[handle]
-            data = bytes(self.read(handle))
-            if dst.freelist:
-                new_idx = dst.freelist - 1
-                dst.freelist = _header.unpack_from(view, self._slot_addr(dst, new_idx))[0] >> 1
-            else:
-                new_idx = dst.bump
-                dst.bump += 1
-            handles[handle] = (dst.id << _ZSPAGE_SHIFT) | (new_idx << _IDX_SHIFT) | (entry & 0x3FFFF)
-            _header.pack_into(view, self._slot_addr(dst, new_idx), tag)
-            self.write(handle, data)
-            _header.pack_into(view, addr, src.freelist << 1)
-            src.freelist = idx + 1
-            src.inuse -= 1
-            dst.inuse += 1
+            self._move(src, idx, tag, dst)
             moved += 1
         return moved
+
+    def _live_slots(self, zspage: ZsPage) -> Iterator[tuple[int, int]]:
+        """(slot index, header tag) of each object in a non-huge zspage."""
+        view = self._view
+        for idx in range(zspage.bump):
+            tag = _header.unpack_from(view, self._slot_addr(zspage, idx))[0]
+            if tag & 1:
+                yield idx, tag
+
+    def _move(self, src: ZsPage, idx: int, tag: int, dst: ZsPage) -> None:
+        """Move the object in slot ``idx`` of ``src`` (header ``tag``) to a free slot of ``dst``,
+        whose class may be larger: its handle follows, its length stays exact."""
+        view, handles = self._view, self._handles
+        handle = tag >> 1
+        data = bytes(self.read(handle))
+        if dst.freelist:
+            new_idx = dst.freelist - 1
+            dst.freelist = _header.unpack_from(view, self._slot_addr(dst, new_idx))[0] >> 1
+        else:
+            new_idx = dst.bump
+            dst.bump += 1
+        handles[handle] = ((dst.id << _ZSPAGE_SHIFT) | (new_idx << _IDX_SHIFT)
+                           | (handles[handle] & 0x3FFFF))
+        _header.pack_into(view, self._slot_addr(dst, new_idx), tag)
+        self.write(handle, data)
+        _header.pack_into(view, self._slot_addr(src, idx), src.freelist << 1)
+        src.freelist = idx + 1
+        src.inuse -= 1
+        dst.inuse += 1
+        if src.size_class is not dst.size_class:
+            src.size_class.obj_used -= 1
+            dst.size_class.obj_used += 1
+
+    def _spill(self, cls: SizeClass, budget: int) -> tuple[int, int]:
+        """Empty the emptiest partly used zspage of ``cls`` into larger classes.
+
+        Returns (pages freed, objects moved); moves at most ``budget`` objects.
+
+        Class-by-class compaction leaves up to one partly used zspage per class,
+        and on a small pool those dominate (a few MB over ~100 classes). But a
+        handle does not care which class its object lives in, and any slot of a
+        larger class holds any object of this one: so the zspage's objects move
+        into the free slots that larger classes' partly used zspages hold anyway,
+        smallest class first, and the zspage is freed, at no cost in pages. Done
+        only when every object fits (checked again by each slice: if the pool
+        changed meanwhile, what moved already cost nothing); else nothing moves.
+        """
+        src = next((z for g in cls.fullness[1:_FULL] for z in g), None)
+        if src is None:
+            return 0, 0
+        room: list[ZsPage] = []
+        free = 0
+        for other in self._classes[self._classes.index(cls) + 1:]:
+            if other.huge:          # a huge zspage is full or gone
+                continue
+            for group in reversed(other.fullness[1:_FULL]):
+                for zspage in group:
+                    room.append(zspage)
+                    free += other.objs_per_zspage - zspage.inuse
+            if free >= src.inuse:
+                break
+        if free < src.inuse:
+            return 0, 0
+        moved = 0
+        slots = self._live_slots(src)
+        cls.current = None
+        for dst in room:
+            dst_class = dst.size_class
+            dst_class.current = None
+            n = min(dst_class.objs_per_zspage - dst.inuse, budget - moved)
+            for idx, tag in itertools.islice(slots, n):
+                self._move(src, idx, tag, dst)
+                moved += 1
+            self._regroup(dst_class, dst)
+            if moved == budget or not src.inuse:
+                break
+        if src.inuse:
+            self._regroup(cls, src)
+            return 0, moved
+        self._free_zspage(cls, src)
+        return cls.pages_per_zspage, moved
 
     # -- statistics ---------------------------------------------------------------
 
