@@ -27,7 +27,10 @@ Each class keeps its zspages in fullness groups of 10% (as the kernel does since
 6.2); allocation uses the fullest zspage with room, which keeps partly used
 zspages few. *Compaction* walks the classes from largest to smallest and, per
 class, moves objects from the emptiest zspage into the fullest one, updates their
-handles and frees source zspages as they empty. It runs in bounded slices
+handles and frees source zspages as they empty. That leaves up to one partly
+used zspage per class, which zsfs then *spills*: a slot of a larger class holds any
+smaller object, so those zspages empty into free slots larger classes hold anyway
+(the kernel stops at the per-class floor). It runs in bounded slices
 (``compact_steps``) so an event loop can serve requests between them.
 
 Bookkeeping lives in Python only per handle (8 bytes in an ``array``) and per
