@@ -143,7 +143,7 @@ def ref_chain(size: int, longest: int = 16) -> int:
 
 
 def class_count(max_object_size: int) -> int:
-    delta = max(16, max_object_size // 256)
+    delta = 16
     return math.ceil((max_object_size - MIN_CLASS) / delta) + 1
 
 
@@ -189,7 +189,7 @@ def test_defaults():
     assert s.classes == ()
 
 
-@pytest.mark.parametrize("max_size,delta,count", [(4096, 16, 255), (16384, 64, 257), (65536, 256, 257)])
+@pytest.mark.parametrize("max_size,delta,count", [(4096, 16, 255), (16384, 16, 1023), (65536, 16, 4095)])
 def test_class_spacing_and_count(max_size, delta, count):
     assert class_count(max_size) == count
     pool = Pool(max_object_size=max_size, arena_capacity=1 << 20)
@@ -204,7 +204,7 @@ def test_class_spacing_and_count(max_size, delta, count):
 
 @pytest.mark.parametrize("max_size", [4096, 16384, 65536])
 def test_class_table_sizes_chains_and_merging(max_size):
-    delta = max(16, max_size // 256)
+    delta = 16
     count = class_count(max_size)
     sizes = [min(MIN_CLASS + i * delta, max_size) for i in range(count)]
     # The largest object of each class index (its slot includes the 4-byte header;

@@ -1,8 +1,8 @@
 """zsmalloc: a slab-like allocator for compressed objects, after Linux mm/zsmalloc.c.
 
 Objects are variable-sized byte strings (compressed chunks). Each size is rounded
-up to a *size class*; classes are ``delta`` bytes apart (16 for a 4 KiB maximum,
-``max_object_size / 256`` for larger ones) from 32 bytes up to ``max_object_size``.
+up to a *size class*; classes are 16 bytes apart from 32 bytes up to
+``max_object_size``.
 A class packs its objects into *zspages*: chains of ``pages_per_zspage`` arena
 pages, chosen per class to waste the fewest bytes at the end of the chain. The
 pages of a chain are not contiguous and an object may straddle from one page to
@@ -54,6 +54,11 @@ from .arena import PAGE_SHIFT, PAGE_SIZE, Arena
 
 HANDLE_SIZE = 4
 ZS_MIN_ALLOC_SIZE = 32
+#: Class spacing at every maximum object size. The kernel spaces classes max/256
+#: apart (64 bytes for zsfs's 16 KiB chunks); 16 bytes cut slot rounding, the
+#: largest waste left once compaction spills (see README for the measurements), and
+#: spilling keeps the floor of the extra classes down.
+ZS_SIZE_CLASS_DELTA = 16
 ZS_MAX_CHAIN = 16
 #: Fullness groups: 0 is empty, 1..10 hold zspages under 10%..100% in use, 11 is full.
 FULLNESS_LABELS = ("10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%", "100%")
@@ -241,7 +246,7 @@ class Pool:
         self.mem_limit = mem_limit
         self.arena = Arena(arena_capacity)
         self._view = self.arena.view
-        self.delta = max(16, max_object_size >> 8)
+        self.delta = ZS_SIZE_CLASS_DELTA
         self._classes, by_index = self._make_classes()
         # Index by (size + _lookup_bias) // delta: the class for size + header,
         # sizes below the first class mapping to it and the largest clamped to the last.
