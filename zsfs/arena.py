@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from array import array
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -64,8 +65,11 @@ class Arena:
         self.pages_max = 0
         self._top = 0                   # pages above this were never handed out
         self._populated = 0             # pages below this have been faulted in
-        self._released: list[int] = []  # free, already given back to the kernel
-        self._unreleased: list[int] = []  # free, still resident
+        # Free page numbers: arrays, not lists, since a list of ints keeps an int
+        # object per page, and those pin the interpreter's memory long after the
+        # files that used the pages are gone.
+        self._released = array("I")     # free, already given back to the kernel
+        self._unreleased = array("I")   # free, still resident
 
     @property
     def pages_free(self) -> int:
@@ -113,7 +117,7 @@ class Arena:
     def release(self) -> None:
         """Give every freed page back to the kernel now (MADV_DONTNEED)."""
         pages = sorted(self._unreleased)
-        self._unreleased.clear()
+        del self._unreleased[:]
         start = prev = None
         for page in pages:
             if start is None:

@@ -261,7 +261,7 @@ class Pool:
         self._handles = array("Q", [0])   # handle 0 is never valid
         self._free_handle = 0              # head of the freed-handle list
         self._zspages: list[ZsPage | None] = []
-        self._free_zspage_ids: list[int] = []
+        self._free_zspage_ids = array("I")   # not a list: see Arena's free pages
         self.obj_bytes = 0
         self._scattered_bytes = 0          # page arrays of non-contiguous zspages
         self.pages_compacted = 0
