@@ -27,6 +27,7 @@ from typing import Callable, NoReturn, Protocol
 import pyfuse3
 import trio
 
+from . import service
 from .options import MountOptions, OptionError, parse_options
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ async def _terminate_on_signal(
         task_status.started()
         async for signum in signals:
             log.info("%s received, unmounting", signal.Signals(signum).name)
+            service.stopping()
             pyfuse3.terminate()
 
 
@@ -135,6 +137,8 @@ async def _serve_until_stopped(ops: _Serving, mountpoint: str, ready: Callable[[
         await nursery.start(_terminate_on_signal)
         nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, mountpoint)
         ready()
+        # Type=notify: READY=1 once the mount answers, then STATUS= lines
+        nursery.start_soon(service.announce, mountpoint, lambda: service.status_text(ops))
         await ops.serve()
         nursery.cancel_scope.cancel()
 
@@ -199,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     foreground = args.foreground or args.debug
     if foreground:
         level = logging.DEBUG if args.debug else logging.INFO
-        logging.basicConfig(level=level, format=_LOG_FORMAT)
+        # under systemd, the journal's own timestamps and levels instead of ours
+        logging.basicConfig(level=level, handlers=[service.stderr_handler(_LOG_FORMAT)])
     # Imported only now, so that usage errors never depend on the filesystem code.
     from .operations import build_operations
 
