@@ -28,6 +28,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -43,6 +44,7 @@ CONTROL_DIR = ".zsfs"
 DEFAULT_TIMEOUT = 5.0
 #: keys ``zsfsctl set`` writes: the writable files of .zsfs/ except ``compact``
 SETTABLE = ("mem_limit", "compact_threshold", "compact_interval", "mem_used_max", "requests")
+_KEY = re.compile(r"[a-z][a-z0-9_]*")
 #: stats lines that are byte counts (made human unless --bytes)
 BYTE_STATS = frozenset({
     "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
@@ -387,7 +389,20 @@ def compact(args: argparse.Namespace, report: Report) -> str:
             f"frag {before['frag_ratio']}% -> {after['frag_ratio']}%\n")
 
 
+def _writable(mount: Mount) -> list[str]:
+    """The control files this mount lets its owner write (knobs and actions)."""
+    def scan() -> list[str]:
+        with os.scandir(os.path.join(mount.path, CONTROL_DIR)) as it:
+            return sorted(e.name for e in it if e.stat().st_mode & 0o200)
+    try:
+        return call_with_timeout(scan, mount.timeout, mount.path)
+    except OSError as e:
+        raise _explain(mount.entry, e, f"reading {CONTROL_DIR}/") from None
+
+
 def set_keys(args: argparse.Namespace, report: Report) -> str:
+    """Write each KEY=VALUE to .zsfs/KEY; a refused one is reported and the rest go on.
+    Keys are whatever the mount has writable control files for (SETTABLE today)."""
     if len(args.paths) < 2:
         raise UsageError("set takes a MOUNT and at least one KEY=VALUE")
     pairs = []
@@ -395,11 +410,16 @@ def set_keys(args: argparse.Namespace, report: Report) -> str:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise UsageError(f"set: {item!r} is not KEY=VALUE")
-        if key not in SETTABLE:
-            raise UsageError(f"set: unknown key {key!r} (settable: {', '.join(SETTABLE)})")
+        if not _KEY.fullmatch(key):
+            raise UsageError(f"set: {key!r} is not a key (settable: {', '.join(SETTABLE)})")
         pairs.append((key, value))
     mount = resolve(args.paths[0], args.timeout)
+    writable = _writable(mount)
     for key, value in pairs:
+        if key not in writable:
+            report.error(f"{mount.path}: {key}: no such setting (settable: "
+                         f"{', '.join(writable)})")
+            continue
         try:
             mount.write(key, value)
         except OSError as e:
