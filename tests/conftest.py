@@ -106,9 +106,11 @@ def mount_entry(path: str | os.PathLike) -> MountEntry | None:
     """The (last) entry of /proc/self/mountinfo for *path*, or None.
 
     Reading the mount table never touches the FUSE daemon, so this cannot hang
-    on a daemon that is not answering yet.
+    on a daemon that is not answering yet. Only the parent directory's path is
+    resolved: resolving *path* itself would lstat(2) the mount's root, a request.
     """
-    path = os.path.realpath(os.fspath(path))
+    path = os.path.abspath(os.fspath(path))
+    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:

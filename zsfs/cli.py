@@ -9,6 +9,13 @@ the kernel mount exists and the parent waits for the daemon's word.
 Exit status: 0 after a clean unmount (umount(8), ``fusermount3 -u``, SIGTERM,
 SIGINT or SIGHUP), and in the parent of a daemon once the daemon serves; 1 if
 mounting or serving failed; 2 for bad arguments, options or mount point.
+
+Stop signals are blocked from just before mounting until the event loop listens
+for them, so a signal that arrives while the daemon starts is not lost, and does
+not kill it with the mount left behind: it unmounts as soon as serving begins.
+The one request the daemon sends its own mount (a stat(2), to set the readahead)
+comes from a thread that is abandoned if the daemon stops before it is answered:
+waiting for it would wait for a reply the stopped daemon never sends.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import signal
 import stat
 import sys
 from dataclasses import replace
+from functools import partial
 from importlib.metadata import version
 from typing import Callable, NoReturn, Protocol
 
@@ -108,34 +116,64 @@ def _mount(ops: pyfuse3.Operations, mountpoint: str, opts: MountOptions) -> str 
     return said or failure
 
 
+def _hold_stop_signals() -> None:
+    """Keep stop signals pending until _terminate_on_signal listens for them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _release_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 async def _terminate_on_signal(
+    on_stop: Callable[[], None],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """End pyfuse3's loop on a stop signal; *on_stop* ends long work under way.
+
+    pyfuse3 stops reading requests and returns once the requests being answered
+    are; the pyfuse3.close() after it aborts the connection, so requests still
+    queued in the kernel fail with ENOTCONN instead of waiting.
+    """
     with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("%s received, unmounting", signal.Signals(signum).name)
-            service.stopping()
-            pyfuse3.terminate()
+        _release_stop_signals()      # one that came while starting is delivered now
+        try:
+            task_status.started()
+            async for signum in signals:
+                log.info("%s received, unmounting", signal.Signals(signum).name)
+                service.stopping()
+                on_stop()
+                pyfuse3.terminate()
+        finally:
+            # Unmounting from here on: a second signal must not kill the daemon halfway
+            # (the receiver's end restores the default actions).
+            _hold_stop_signals()
 
 
 def _raise_readahead(mountpoint: str) -> None:
     """Let the kernel read ahead 8 MiB instead of FUSE's 128 KiB: sequential reads then
     arrive as 1 MiB requests, several in flight at once, which zsfs decompresses on
-    worker threads side by side. Needs the mount to be served: run it in a thread."""
-    dev = os.stat(mountpoint).st_dev
-    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    worker threads side by side.
+
+    Only once the kernel has the daemon's INIT reply does the setting hold (the reply
+    caps it), so this runs in a thread and waits for that with a stat(2) of the mount
+    point, a request the daemon must answer: the thread is abandoned if the daemon
+    stops first, and the stat then fails when the connection is closed.
+    """
     try:
-        with open(path, "w") as f:
+        dev = os.stat(mountpoint).st_dev
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as f:
             f.write(f"{READAHEAD_KB}\n")
     except OSError as e:
         log.info("readahead stays at the kernel's default: %s", e)
 
 
-async def _serve_until_stopped(ops: _Serving, mountpoint: str, ready: Callable[[], None]) -> None:
+async def _serve_until_stopped(ops: _Serving, mountpoint: str, ready: Callable[[], None],
+                               on_stop: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_terminate_on_signal)
-        nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, mountpoint)
+        await nursery.start(_terminate_on_signal, on_stop)
+        nursery.start_soon(partial(trio.to_thread.run_sync, _raise_readahead, mountpoint,
+                                   abandon_on_cancel=True))
         ready()
         # Type=notify: READY=1 once the mount answers, then STATUS= lines
         nursery.start_soon(service.announce, mountpoint, lambda: service.status_text(ops))
@@ -143,10 +181,11 @@ async def _serve_until_stopped(ops: _Serving, mountpoint: str, ready: Callable[[
         nursery.cancel_scope.cancel()
 
 
-def _serve(ops: _Serving, mountpoint: str, ready: Callable[[], None]) -> int:
+def _serve(ops: _Serving, mountpoint: str, ready: Callable[[], None],
+           on_stop: Callable[[], None] = lambda: None) -> int:
     status = 0
     try:
-        trio.run(_serve_until_stopped, ops, mountpoint, ready)
+        trio.run(_serve_until_stopped, ops, mountpoint, ready, on_stop)
     except Exception:
         log.exception("serving %s failed", mountpoint)
         status = 1
@@ -174,6 +213,7 @@ def _daemonize() -> Callable[[], None]:
     read_end, write_end = os.pipe()
     child = os.fork()
     if child:
+        _release_stop_signals()      # the caller waits as it always did; the daemon holds them
         os.close(write_end)
         with open(read_end, "rb") as pipe:
             started = pipe.read(1) == b"\0"
@@ -209,10 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     from .operations import build_operations
 
     ops = build_operations(opts)
+    _hold_stop_signals()
     failure = _mount(ops, mountpoint, opts)
     if failure:
+        _release_stop_signals()
         print(f"zsfs: error: cannot mount {mountpoint!r}: {failure}", file=sys.stderr)
         return 1
     ready = (lambda: None) if foreground else _daemonize()
     log.info("mounted on %s", mountpoint)
-    return _serve(ops, mountpoint, ready)
+    return _serve(ops, mountpoint, ready, ops.compactor.stop)

@@ -12,6 +12,15 @@ sleep under way) or until ``kick()`` says that something may have been freed, an
 compacts when the fragmentation ratio (live object bytes / pool bytes) is below
 ``threshold`` and enough pages are freeable to be worth the copying: at least
 ``min_freeable_pages`` and 1% of the pool.
+
+A bug in a background compaction must not take the mount down with it: the
+background task logs the exception with its traceback and goes on, and after a
+failure it waits a whole interval (kicks do not shorten it) so that a failure that
+repeats costs one traceback per interval, not one per unlink. The pool is left as
+the failed slice left it; ``compact_steps`` keeps it consistent between slices.
+
+``stop()`` (the daemon is unmounting) ends a compaction under way at its next
+slice, so a stop signal is not held up by a long compaction of a large pool.
 """
 
 from __future__ import annotations
@@ -70,13 +79,18 @@ class Compactor:
         self.longest_slice = 0.0
         self._lock = trio.Lock()
         self._kicked = trio.Event()
+        self._stopping = False
+        self._failed = False      # the last background compaction raised
 
     async def compact(self, manual: bool = True) -> int:
-        """One full compaction in slices; returns the pages freed."""
+        """One full compaction in slices; returns the pages freed.
+
+        After ``stop()`` it ends at the next slice (the pool is consistent there).
+        """
         async with self._lock:
             freed = 0
             steps = self.pool.compact_steps(SLICE_BUDGET)
-            while True:
+            while not self._stopping:
                 start = time.perf_counter()
                 pages = next(steps, None)
                 self.longest_slice = max(self.longest_slice, time.perf_counter() - start)
@@ -84,6 +98,8 @@ class Compactor:
                     break
                 freed += pages
                 await trio.sleep(0)
+            else:
+                log.info("compaction stopped after freeing %d pages: unmounting", freed)
             self.pool.arena.release()
             release_heap()
             if manual:
@@ -104,6 +120,11 @@ class Compactor:
         if self._sleep is not None:
             self._sleep.deadline = self._sleep_started + seconds
 
+    def stop(self) -> None:
+        """The daemon is unmounting: end a compaction under way at its next slice, and
+        start none (a compaction asked for from now on returns at once, freeing 0)."""
+        self._stopping = True
+
     def kick(self) -> None:
         """Tell the background task that much was freed: check early."""
         self._kicked.set()
@@ -116,14 +137,22 @@ class Compactor:
         return freeable >= self.min_freeable_pages and freeable * 100 >= pool.pages_used
 
     async def run(self) -> None:
-        """The background task: never returns (cancel it)."""
+        """The background task: never returns (cancel it), whatever a compaction raises."""
         while True:
             self._sleep_started = trio.current_time()
             with trio.CancelScope(deadline=self._sleep_started + self._interval) as self._sleep:
+                if self._failed:
+                    await trio.sleep_forever()    # until the interval's deadline
                 await self._kicked.wait()
                 await trio.sleep(KICK_SETTLE_SECONDS)
             self._sleep = None
             self._kicked = trio.Event()
-            if self.worth_it():
-                freed = await self.compact(manual=False)
-                log.info("background compaction freed %d pages", freed)
+            try:
+                if self.worth_it():
+                    freed = await self.compact(manual=False)
+                    log.info("background compaction freed %d pages", freed)
+                self._failed = False
+            except Exception:
+                self._failed = True
+                log.exception("background compaction failed; the mount goes on serving, "
+                              "next try in %g s", self._interval)
