@@ -117,6 +117,8 @@ class Operations(pyfuse3.Operations):
                  xattrs: bool = True) -> None:
         super().__init__()
         self.xattrs = xattrs
+        # FUSE_POSIX_ACL: the kernel evaluates ACLs; the tree stores and applies them
+        self.enable_acl = tree.acl and xattrs
         self.tree = tree
         self.store: ChunkStore = tree.store
         self.pool: Pool = tree.store.pool
@@ -276,7 +278,8 @@ class Operations(pyfuse3.Operations):
                 **kwargs: Any) -> Inode:
         if parent == ROOT_INODE and name == CONTROL_NAME:
             raise FUSEError(errno.EEXIST)
-        return self.tree.create(parent, name, mode, ctx.uid, ctx.gid, **kwargs)
+        return self.tree.create(parent, name, mode, ctx.uid, ctx.gid, umask=ctx.umask,
+                                **kwargs)
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -454,7 +457,7 @@ class Operations(pyfuse3.Operations):
         self._check_xattrs()
         if self.control.owns(inode):
             raise FUSEError(errno.EPERM)
-        self.tree.set_xattr(self.tree.get(inode), name, value)
+        self.tree.set_xattr(self.tree.get(inode), name, value, Caller.of(ctx))
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -485,6 +488,7 @@ def build_operations(opts: MountOptions) -> Operations:
     store = ChunkStore(pool, opts.chunk_size, opts.level, capacity=opts.size,
                        make_room=functools.partial(compactor.compact, manual=False))
     tree = Tree(store, nr_inodes=opts.nr_inodes, root_mode=opts.mode, root_uid=opts.uid,
-                root_gid=opts.gid, atime="noatime" if "noatime" in opts.fuse_options else "relatime")
+                root_gid=opts.gid, atime="noatime" if "noatime" in opts.fuse_options else "relatime",
+                acl=opts.acl and opts.xattr)
     control = Control(pool, store, tree, compactor, uid=os.getuid(), gid=os.getgid())
     return Operations(tree, control, compactor, xattrs=opts.xattr)

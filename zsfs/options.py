@@ -65,6 +65,9 @@ MAX_COUNT = 2**63 - 1
 #: background compaction off), and not so short that the check spins.
 MIN_INTERVAL = Decimal("0.01")
 MAX_INTERVAL = 86400
+#: POSIX ACLs only with -o acl: with them, every create by a caller other than the
+#: directory's owner costs two more FUSE round trips (README, "POSIX ACLs").
+ACL_DEFAULT = False
 # No accepted integer has this many significant digits: longer ones are not converted.
 _MAX_DIGITS = len(str(2**64))
 
@@ -81,8 +84,10 @@ _FLAGS = {
     "auto_unmount": "auto_unmount",
     "default_permissions": "default_permissions",
     "xattr": "xattr", "noxattr": "xattr",
+    "acl": "acl", "noacl": "acl",
 }
-_NOT_PASSED = frozenset({"relatime", "default_permissions", "xattr", "noxattr"})
+_NOT_PASSED = frozenset({"relatime", "default_permissions", "xattr", "noxattr", "acl",
+                         "noacl"})
 _FOR_MOUNT_ONLY = frozenset(
     {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",
      "_netdev", "nofail", "comment"}
@@ -107,6 +112,7 @@ class MountOptions:
     compact_interval: float  # seconds, MIN_INTERVAL..MAX_INTERVAL; default 5
     fuse_options: tuple[str, ...]  # for pyfuse3.init
     xattr: bool = True  # extended attributes; noxattr saves a round trip per write(2)
+    acl: bool = ACL_DEFAULT  # POSIX ACLs (needs xattr)
 
 
 def _round_up(n: int) -> int:
@@ -313,6 +319,9 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
             names[name] = _checked(_NAMES[name], name, value)
         else:
             values[name] = parse_value(name, value)
+    if flags.get("acl") == "acl" and flags.get("xattr") == "noxattr":
+        raise OptionError("acl needs extended attributes: drop noxattr or acl")
     fuse = ("default_permissions", f"subtype={names['subtype']}", f"fsname={names['fsname']}",
             *(flag for flag in flags.values() if flag not in _NOT_PASSED))
-    return MountOptions(**values, fuse_options=fuse, xattr=flags.get("xattr") != "noxattr")
+    return MountOptions(**values, fuse_options=fuse, xattr=flags.get("xattr") != "noxattr",
+                        acl=flags.get("acl", "acl" if ACL_DEFAULT else "noacl") == "acl")

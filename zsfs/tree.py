@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
+from . import acl as posix_acl
 from .chunkstore import ChunkMap, ChunkStore
 from .credentials import CAP_FSETID, CAP_SYS_ADMIN, Caller
 
@@ -175,11 +176,14 @@ class Tree:
         nr_inodes: most inodes at once (0 = unlimited).
         root_mode, root_uid, root_gid: the root directory's permissions and owner.
         atime: "relatime" (the kernel default) or "noatime".
+        acl: keep POSIX ACLs (``system.posix_acl_*``) with tmpfs's rules (zsfs.acl).
     """
 
     def __init__(self, store: ChunkStore, nr_inodes: int = 0, root_mode: int = 0o1777,
-                 root_uid: int = 0, root_gid: int = 0, atime: str = "relatime") -> None:
+                 root_uid: int = 0, root_gid: int = 0, atime: str = "relatime",
+                 acl: bool = False) -> None:
         self.store = store
+        self.acl = acl
         self.nr_inodes = nr_inodes
         self.update_atime = atime != "noatime"
         self.inodes: dict[int, Inode] = {}
@@ -285,8 +289,10 @@ class Tree:
             raise fs_error(errno.ENOENT) from None
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
-               rdev: int = 0, target: bytes | None = None) -> Inode:
-        """Make a new inode of any type (from ``mode``) and name it."""
+               rdev: int = 0, target: bytes | None = None, umask: int = 0) -> Inode:
+        """Make a new inode of any type (from ``mode``) and name it. With ACLs on, the
+        parent's default ACL or else *umask* shapes the mode (the kernel leaves both
+        to the filesystem then); without, the kernel has applied the umask already."""
         pdir = self.directory(parent)
         _check_name(name)
         if name in pdir.directory.children:
@@ -297,7 +303,13 @@ class Tree:
             gid = pdir.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
+        inherited = self._inherit_acl(pdir, mode, umask) if self.acl else None
+        if inherited is not None:
+            mode = inherited[0]
         inode = self._new_inode(mode, uid, gid)
+        if inherited is not None:
+            for xattr, value in inherited[1].items():
+                self._store_xattr(inode, xattr, value)
         fmt = stat.S_IFMT(mode)
         if fmt == stat.S_IFDIR:
             inode.directory = Directory(parent)
@@ -317,6 +329,20 @@ class Tree:
         pdir.directory.add(name, inode.ino)
         pdir.mtime_ns = pdir.ctime_ns = inode.ctime_ns
         return inode
+
+    @staticmethod
+    def _inherit_acl(pdir: Inode, mode: int, umask: int) -> tuple[int, dict[bytes, bytes]]:
+        """(mode, ACL xattrs) of a new inode in *pdir*: posix_acl_create()."""
+        if stat.S_ISLNK(mode):
+            return mode, {}
+        default = (pdir.xattrs or {}).get(posix_acl.DEFAULT)
+        if default is None:
+            return mode & ~(umask & 0o777), {}
+        entries, mode, extended = posix_acl.create_masq(posix_acl.parse(default), mode)
+        xattrs = {posix_acl.ACCESS: posix_acl.build(entries)} if extended else {}
+        if stat.S_ISDIR(mode):
+            xattrs[posix_acl.DEFAULT] = default
+        return mode, xattrs
 
     def link(self, ino: int, parent: int, name: bytes) -> Inode:
         inode = self.get(ino)
@@ -445,9 +471,14 @@ class Tree:
     def set_attributes(inode: Inode, mode: int | None = None, uid: int | None = None,
                        gid: int | None = None, atime_ns: int | None = None,
                        mtime_ns: int | None = None, ctime_ns: int | None = None) -> None:
-        """chmod/chown/utimes: change what is given; ctime becomes now unless given."""
+        """chmod/chown/utimes: change what is given; ctime becomes now unless given.
+        A chmod rewrites an access ACL's owner, group-class and other entries."""
         if mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+            access = (inode.xattrs or {}).get(posix_acl.ACCESS)
+            if access is not None:
+                inode.xattrs[posix_acl.ACCESS] = posix_acl.build(     # same size
+                    posix_acl.chmod(posix_acl.parse(access), inode.mode))
         if uid is not None:
             inode.uid = uid
         if gid is not None:
@@ -543,10 +574,11 @@ class Tree:
 
     # -- extended attributes -------------------------------------------------------------
 
-    @staticmethod
-    def _check_xattr_name(name: bytes) -> None:
+    def _check_xattr_name(self, name: bytes) -> None:
         if len(name) > NAME_MAX:
             raise fs_error(errno.ERANGE)
+        if self.acl and name in posix_acl.NAMES:
+            return
         if not name.startswith(XATTR_NAMESPACES) or name in XATTR_NAMESPACES:
             raise fs_error(errno.EOPNOTSUPP)
 
@@ -557,10 +589,42 @@ class Tree:
         except (KeyError, TypeError):
             raise fs_error(errno.ENODATA) from None
 
-    def set_xattr(self, inode: Inode, name: bytes, value: bytes) -> None:
+    def set_xattr(self, inode: Inode, name: bytes, value: bytes,
+                  caller: Caller | None = None) -> None:
         self._check_xattr_name(name)
         if len(value) > XATTR_SIZE_MAX:
             raise fs_error(errno.E2BIG)
+        if name in posix_acl.NAMES:
+            self._set_acl(inode, name, value, caller)
+        else:
+            self._store_xattr(inode, name, value)
+        inode.ctime_ns = time.time_ns()
+
+    def _set_acl(self, inode: Inode, name: bytes, value: bytes, caller: Caller | None) -> None:
+        """Store an ACL the way posix_acl_update_mode() and tmpfs do. The kernel has
+        checked the caller owns the inode, and refuses symlinks and default ACLs on
+        non-directories; both are checked again here, for callers other than it."""
+        entries = posix_acl.parse(value)
+        if stat.S_ISLNK(inode.mode):
+            raise fs_error(errno.EOPNOTSUPP)
+        if name == posix_acl.DEFAULT:
+            if inode.directory is None:
+                raise fs_error(errno.EACCES)
+            self._store_xattr(inode, name, value)
+            return
+        mode, extended = posix_acl.equiv_mode(entries, inode.mode)
+        if caller is not None and not caller.in_group_or_capable(inode.gid):
+            mode &= ~stat.S_ISGID
+        inode.mode = mode
+        if extended:
+            self._store_xattr(inode, name, value)
+        elif inode.xattrs and name in inode.xattrs:
+            self._drop_xattr(inode, name)
+
+    def _drop_xattr(self, inode: Inode, name: bytes) -> None:
+        self.extra_bytes -= sys.getsizeof(name) + sys.getsizeof(inode.xattrs.pop(name))
+
+    def _store_xattr(self, inode: Inode, name: bytes, value: bytes) -> None:
         if inode.xattrs is None:
             inode.xattrs = {}
         old = inode.xattrs.get(name)
@@ -568,13 +632,14 @@ class Tree:
             self.extra_bytes -= sys.getsizeof(name) + sys.getsizeof(old)
         inode.xattrs[name] = value
         self.extra_bytes += sys.getsizeof(name) + sys.getsizeof(value)
-        inode.ctime_ns = time.time_ns()
 
     def remove_xattr(self, inode: Inode, name: bytes) -> None:
         self._check_xattr_name(name)
         if not inode.xattrs or name not in inode.xattrs:
+            if name in posix_acl.NAMES:
+                return          # as tmpfs: removing an absent ACL succeeds
             raise fs_error(errno.ENODATA)
-        self.extra_bytes -= sys.getsizeof(name) + sys.getsizeof(inode.xattrs.pop(name))
+        self._drop_xattr(inode, name)
         inode.ctime_ns = time.time_ns()
 
     @staticmethod
