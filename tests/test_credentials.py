@@ -54,9 +54,10 @@ def test_caller_of_an_unprivileged_process_with_groups():
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:     # until setpriv has exec'd sleep
-            with open(f"/proc/{p.pid}/status") as f:
-                if f"Uid:\t{NOBODY}" in f.read():
-                    break
+            with open(f"/proc/{p.pid}/status") as f:   # setpriv may keep caps until exec
+                status = f.read()
+            if status.startswith("Name:\tsleep\n") and f"Uid:\t{NOBODY}" in status:
+                break
             time.sleep(0.01)
         c = Caller(NOBODY, NOGROUP, p.pid)
         assert not c.capable(CAP_FSETID) and not c.capable(CAP_SYS_ADMIN)
