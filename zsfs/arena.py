@@ -43,11 +43,12 @@ class Arena:
         capacity_pages: pages reserved.
         pages_used: pages handed out and not yet taken back.
         pages_max: high-water mark of ``pages_used``.
+        pages_released: pages given back to the kernel so far.
     """
 
     __slots__ = (
         "buf", "view", "capacity_pages", "pages_used", "pages_max",
-        "release_batch", "_top", "_populated", "_released", "_unreleased",
+        "release_batch", "pages_released", "_top", "_populated", "_released", "_unreleased",
     )
 
     def __init__(self, capacity: int | None = None, release_batch: int = 256) -> None:
@@ -63,6 +64,7 @@ class Arena:
         self.release_batch = release_batch
         self.pages_used = 0
         self.pages_max = 0
+        self.pages_released = 0
         self._top = 0                   # pages above this were never handed out
         self._populated = 0             # pages below this have been faulted in
         # Free page numbers: arrays, not lists, since a list of ints keeps an int
@@ -130,6 +132,7 @@ class Arena:
         if start is not None:
             self._madvise_run(start, prev)
         self._released.extend(reversed(pages))
+        self.pages_released += len(pages)
 
     def _madvise_run(self, first: int, last: int) -> None:
         self.buf.madvise(mmap.MADV_DONTNEED, first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE)

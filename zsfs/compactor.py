@@ -54,6 +54,7 @@ def release_heap() -> None:
 
 SLICE_BUDGET = 128          # objects moved between two yields to the event loop
 KICK_SETTLE_SECONDS = 0.2   # after a kick, let a burst of frees finish first
+TRIM_PAGES = 1024           # pages released since the last heap trim that call for another
 
 
 class Compactor:
@@ -81,6 +82,7 @@ class Compactor:
         self._kicked = trio.Event()
         self._stopping = False
         self._failed = False      # the last background compaction raised
+        self._released_at_trim = 0   # the arena's pages_released at the last heap trim
 
     async def compact(self, manual: bool = True) -> int:
         """One full compaction in slices; returns the pages freed.
@@ -100,8 +102,7 @@ class Compactor:
                 await trio.sleep(0)
             else:
                 log.info("compaction stopped after freeing %d pages: unmounting", freed)
-            self.pool.arena.release()
-            release_heap()
+            self._trim()
             if manual:
                 self.manual_runs += 1
             else:
@@ -119,6 +120,17 @@ class Compactor:
         self._interval = seconds
         if self._sleep is not None:
             self._sleep.deadline = self._sleep_started + seconds
+
+    def _trim(self) -> None:
+        """Give freed memory back to the kernel: the arena's pages and the C heap.
+
+        Also when files went away without leaving anything to compact (``rm -rf`` of
+        everything): the memory their data and bookkeeping took is free then, but
+        malloc keeps it until asked.
+        """
+        self.pool.arena.release()
+        release_heap()
+        self._released_at_trim = self.pool.arena.pages_released
 
     def stop(self) -> None:
         """The daemon is unmounting: end a compaction under way at its next slice, and
@@ -151,6 +163,8 @@ class Compactor:
                 if self.worth_it():
                     freed = await self.compact(manual=False)
                     log.info("background compaction freed %d pages", freed)
+                elif self.pool.arena.pages_released - self._released_at_trim >= TRIM_PAGES:
+                    self._trim()
                 self._failed = False
             except Exception:
                 self._failed = True
