@@ -3,10 +3,13 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT    := fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr
+# acl (getfacl/setfacl), man-db and groff-base (man --warnings) and systemd
+# (systemd-analyze verify) are for the tests of ACLs, man pages and units.
+APT    := fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr acl man-db \
+          groff-base systemd
 MNT    ?= /mnt/zsfs
 
-.PHONY: setup run test bench-alloc clean
+.PHONY: setup run test bench-alloc clean install uninstall
 
 setup: $(STAMP)
 
@@ -32,6 +35,54 @@ bench-alloc: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# `make install` (as root): zsfs and zsfsctl in $(PREFIX)/bin, where mount(8),
+# mount.fuse3, fstab and systemd find them, their libraries in $(PREFIX)/lib/zsfs,
+# the man pages, and zsfs@.service in $(PREFIX)/lib/systemd/system (ExecStart
+# naming the installed zsfs). DESTDIR stages it all elsewhere, as packagers do.
+# The commands run on the system's python3 with nothing but $(PREFIX)/lib/zsfs on
+# their path (python -I), so they work for every user and outlive this checkout.
+PREFIX         ?= /usr/local
+DESTDIR        ?=
+INSTALL_PYTHON ?= /usr/bin/python3
+BINDIR   := $(PREFIX)/bin
+LIBDIR   := $(PREFIX)/lib/zsfs
+MANDIR   := $(PREFIX)/share/man/man8
+UNITDIR  := $(PREFIX)/lib/systemd/system
+SHAREDIR := $(PREFIX)/share/zsfs
+STAGE    := build/install-lib
+
+$(STAGE)/.stamp: $(STAMP) pyproject.toml $(wildcard zsfs/*.py)
+	rm -rf $(STAGE)
+	$(PY) -m pip install -q --no-compile --target $(STAGE) .
+	$(INSTALL_PYTHON) -I -c 'import sys; sys.path.insert(0, "$(STAGE)"); import pyfuse3, trio, zstandard, zsfs.cli' \
+		|| { echo "make install: $(INSTALL_PYTHON) cannot run what $(PY) built; set INSTALL_PYTHON" >&2; exit 1; }
+	touch $@
+
+install: $(STAGE)/.stamp
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SHAREDIR)
+	rm -rf $(DESTDIR)$(LIBDIR)
+	install -d $(DESTDIR)$(LIBDIR)
+	cp -R $(STAGE)/. $(DESTDIR)$(LIBDIR)/
+	rm -f $(DESTDIR)$(LIBDIR)/.stamp
+	rm -rf $(DESTDIR)$(LIBDIR)/bin
+	printf '#!%s -I\nimport sys\nsys.path.insert(0, "%s")\nfrom zsfs.%s import %s\nsys.exit(%s())\n' \
+		$(INSTALL_PYTHON) $(LIBDIR) cli main main > $(DESTDIR)$(BINDIR)/zsfs
+	printf '#!%s -I\nimport sys\nsys.path.insert(0, "%s")\nfrom zsfs.%s import %s\nsys.exit(%s())\n' \
+		$(INSTALL_PYTHON) $(LIBDIR) ctl run run > $(DESTDIR)$(BINDIR)/zsfsctl
+	chmod 755 $(DESTDIR)$(BINDIR)/zsfs $(DESTDIR)$(BINDIR)/zsfsctl
+	install -m 644 man/zsfs.8 man/zsfsctl.8 $(DESTDIR)$(MANDIR)/
+	sed 's|^ExecStart=zsfs |ExecStart=$(BINDIR)/zsfs |' systemd/zsfs@.service \
+		> $(DESTDIR)$(UNITDIR)/zsfs@.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/zsfs@.service
+	install -m 644 systemd/zsfs-tmp.mount $(DESTDIR)$(SHAREDIR)/zsfs-tmp.mount
+	@echo "installed zsfs and zsfsctl in $(DESTDIR)$(BINDIR)"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/zsfs $(DESTDIR)$(BINDIR)/zsfsctl
+	rm -f $(DESTDIR)$(MANDIR)/zsfs.8 $(DESTDIR)$(MANDIR)/zsfsctl.8
+	rm -f $(DESTDIR)$(UNITDIR)/zsfs@.service
+	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(SHAREDIR)
 
 # `make bench`: zsfs, tmpfs and ext4 on zram side by side (tools/bench, issue 5). Builds the
 # deterministic corpus once; pass more options with BENCH_ARGS="--repeat 1 --only zsfs,zram".
