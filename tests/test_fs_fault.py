@@ -192,7 +192,7 @@ def test_background_compaction_bug_is_logged_and_the_mount_goes_on(mount_zsfs):
     s = wait_for(lambda: (lambda st: st if st["compactions_background"] >= 1
                           and st["freeable_pages"] < 64 else None)(stats(m)), timeout=HANG)
     assert s, f"no background compaction after the failed one; stats: {stats(m)}"
-    assert s["pages_compacted"] > 0 and s["frag_ratio"] > 90, s
+    assert s["pages_compacted"] > 0, s
     err = m.stderr()
     assert "background compaction failed" in err and "Traceback" in err
     assert err.count("RuntimeError: planted compactor bug") == 1   # raised once, logged once
