@@ -308,3 +308,11 @@ def test_without_the_acl_option_acls_are_unsupported(mount_zsfs):
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Operation not supported" in r.stderr
     assert stat.S_IMODE(os.stat(m / "f").st_mode) == 0o644
+
+
+def test_acl_and_noxattr_refuse_each_other(tmp_path):
+    import sys
+    r = subprocess.run([sys.executable, "-m", "zsfs", str(tmp_path), "-o", "acl,noxattr"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr == ("zsfs: error: acl needs extended attributes: drop noxattr or acl\n")
