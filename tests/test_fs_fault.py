@@ -1,8 +1,8 @@
 """Faults on real mounts: bugs, stop signals, lazy unmounts, the arena's end.
 
 * A bug in a request handler costs that request an EIO, never the mount; a bug in a
-  background task (the compactor, a compressor) is logged with its traceback, and
-  the mount goes on serving with its data intact.
+  background task (the compactor, a compressor, a side task of the daemon) is logged
+  with its traceback, and the mount goes on serving with its data intact.
 * SIGTERM and SIGINT unmount cleanly and the daemon exits 0 whatever it is doing:
   starting, streaming several writers' data, compacting a fragmented pool. Writers
   get an error (ENOTCONN, or ECONNABORTED for a request the abort caught queued),
@@ -232,6 +232,23 @@ def test_compressor_bug_is_logged_and_the_data_stored(mount_zsfs):
         os.close(fd)
     assert read_file(m / "g") == more and read_file(m / "f") == data
     assert m.stderr().count("RuntimeError: planted codec bug") == 1
+
+
+def test_side_task_bugs_are_logged_and_the_mount_goes_on(mount_zsfs):
+    """The daemon's side tasks (raising the readahead, notifying systemd) raise: each
+    failure is logged with its traceback, and the mount serves on."""
+    m = mount_zsfs(command=launcher("side_task_bugs"))
+    data = text_data(MiB, seed=7)
+    (m / "f").write_bytes(data)
+    assert wait_for(lambda: "planted readahead bug" in m.stderr()
+                    and "planted status bug" in m.stderr(), timeout=HANG), m.stderr()
+    assert m.proc.poll() is None
+    assert read_file(m / "f") == data
+    (m / "g").write_bytes(b"after")
+    assert (m / "g").read_bytes() == b"after"
+    err = m.stderr()
+    assert "raising the readahead failed" in err and "notifying systemd failed" in err
+    assert err.count("Traceback") == 2
 
 
 # --------------------------------------------------------------------------

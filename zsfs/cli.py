@@ -13,9 +13,11 @@ mounting or serving failed; 2 for bad arguments, options or mount point.
 Stop signals are blocked from just before mounting until the event loop listens
 for them, so a signal that arrives while the daemon starts is not lost, and does
 not kill it with the mount left behind: it unmounts as soon as serving begins.
-The one request the daemon sends its own mount (a stat(2), to set the readahead)
-comes from a thread that is abandoned if the daemon stops before it is answered:
-waiting for it would wait for a reply the stopped daemon never sends.
+The requests the daemon sends its own mount (a stat(2), to set the readahead; one
+more under systemd, for READY=1) come from threads that are abandoned if the daemon
+stops before they are answered: waiting for them would wait for replies the
+stopped daemon never sends. A failure of such a side task is logged with its
+traceback and the mount serves on.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import sys
 from dataclasses import replace
 from functools import partial
 from importlib.metadata import version
-from typing import Callable, NoReturn, Protocol
+from typing import Awaitable, Callable, NoReturn, Protocol
 
 import pyfuse3
 import trio
@@ -168,15 +170,26 @@ def _raise_readahead(mountpoint: str) -> None:
         log.info("readahead stays at the kernel's default: %s", e)
 
 
+async def _logged(what: str, task: Callable[[], Awaitable[object]]) -> None:
+    """Run a side task of the daemon: if it fails, say so, and let the mount serve on."""
+    try:
+        await task()
+    except Exception:
+        log.exception("%s failed; the mount goes on serving", what)
+
+
 async def _serve_until_stopped(ops: _Serving, mountpoint: str, ready: Callable[[], None],
                                on_stop: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_terminate_on_signal, on_stop)
-        nursery.start_soon(partial(trio.to_thread.run_sync, _raise_readahead, mountpoint,
+        nursery.start_soon(_logged, "raising the readahead",
+                           partial(trio.to_thread.run_sync, _raise_readahead, mountpoint,
                                    abandon_on_cancel=True))
         ready()
         # Type=notify: READY=1 once the mount answers, then STATUS= lines
-        nursery.start_soon(service.announce, mountpoint, lambda: service.status_text(ops))
+        nursery.start_soon(_logged, "notifying systemd",
+                           partial(service.announce, mountpoint,
+                                   lambda: service.status_text(ops)))
         await ops.serve()
         nursery.cancel_scope.cancel()
 
