@@ -18,15 +18,19 @@ The request pattern is zsfs's because the settings are taken from zsfs, not copi
   ``allow_other``, ...) are passed on unchanged, except ``subtype=ceilingfs`` (the
   mount shows as ``fuse.ceilingfs``; ``fsname`` defaults to ``ceilingfs``). ``mode``,
   ``uid`` and ``gid`` make the root directory; ``noatime`` stops atime updates as in
-  zsfs; ``size`` and ``nr_inodes`` only feed statfs (nothing is enforced); the storage
-  options (``mem_limit``, ``chunk_size``, ``level``, ``compact_*``) are ignored. A
-  MountOptions field this file does not know is reported at start, not applied.
+  zsfs; ``noxattr`` answers every xattr request ENOSYS and ``acl`` turns on
+  FUSE_POSIX_ACL with ACLs kept by zsfs's rules (``zsfs.acl``: mode from the access
+  ACL, chmod rewrites it, default ACLs or else the umask shape new inodes); ``size``
+  and ``nr_inodes`` only feed statfs (nothing is enforced); the storage options
+  (``mem_limit``, ``chunk_size``, ``level``, ``compact_*``, ``recompress_*``,
+  ``dictionary``) are ignored. A MountOptions field this file does not know is
+  reported at start, not applied.
 * mounting and serving: ``zsfs.cli``'s own ``_mount`` (``pyfuse3.init`` with those
   options), ``_serve`` (SIGTERM/SIGINT/SIGHUP unmount cleanly, read_ahead_kb raised to
   ``zsfs.cli.READAHEAD_KB``, then ``serve()``, which runs ``pyfuse3.main()`` with its
   default worker tasks, as zsfs does) and ``_daemonize`` (without ``-f``).
-* the Operations class flags ``supports_dot_lookup``, ``enable_writeback_cache`` (off)
-  and ``enable_acl`` are zsfs's ``Operations`` attributes.
+* the Operations class flags ``supports_dot_lookup`` and ``enable_writeback_cache``
+  (off) are zsfs's ``Operations`` attributes; ``enable_acl`` follows ``acl`` as in zsfs.
 * replies: entry and attribute timeouts ``zsfs.operations.TIMEOUT``, negative lookups
   cached for as long (``st_ino`` 0), ``st_blksize`` ``zsfs.operations.BLOCK_SIZE``,
   FLUSH answered ENOSYS (so the kernel stops sending it), ``FileInfo`` with pyfuse3's
@@ -45,7 +49,11 @@ The request pattern is zsfs's because the settings are taken from zsfs, not copi
 What it does differently, on purpose: reads copy a slice of the bytearray (zsfs
 decompresses); writes go straight into the bytearray (zsfs stages chunks for its
 compressors); FSYNC returns at once (zsfs waits for its staged chunks); a file
-handle is the inode number (zsfs keeps a table); readdir cookies are positions in a
+handle is the inode number (zsfs keeps a table); zsfs's set-ID rules (clearing
+S_ISUID/S_ISGID on O_TRUNC, S_ISGID for callers outside the group, the group check
+when an ACL sets the mode) and its hiding of ``trusted.*`` names from callers without
+CAP_SYS_ADMIN are left out (they read the caller's credentials from /proc only for
+set-ID files and trusted names; no request more or less); readdir cookies are positions in a
 snapshot of the names taken when a listing starts at 0 (entries removed since are
 skipped, entries added since are not shown; zsfs keeps per-entry cookies); the root
 has no ``.zsfs``; limits (``size``, ``nr_inodes``, ``mem_limit``) are not enforced.
@@ -94,6 +102,7 @@ import pyfuse3  # noqa: E402
 import trio  # noqa: E402
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData  # noqa: E402
 
+from zsfs import acl as posix_acl  # noqa: E402
 from zsfs import cli  # noqa: E402
 from zsfs.arena import PAGE_SIZE  # noqa: E402
 from zsfs.operations import BLOCK_SIZE, TIMEOUT  # noqa: E402
@@ -109,8 +118,9 @@ SUBTYPE = "ceilingfs"
 _RELATIME_NS = 24 * 3600 * 10**9
 # MountOptions fields and what the ceiling does with them; a field not listed here is
 # an option zsfs gained after this file was written: reported, not applied.
-_APPLIED = {"mode", "uid", "gid", "fuse_options", "size", "nr_inodes"}
-_STORAGE_ONLY = {"mem_limit", "chunk_size", "level", "compact_threshold", "compact_interval"}
+_APPLIED = {"mode", "uid", "gid", "fuse_options", "size", "nr_inodes", "xattr", "acl"}
+_STORAGE_ONLY = {"mem_limit", "chunk_size", "level", "compact_threshold", "compact_interval",
+                 "recompress_idle", "recompress_level", "dictionary"}
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -130,6 +140,8 @@ def handler(fn: F) -> F:
             raise FUSEError(errno.ENOSPC) from None
         except OverflowError:               # a hole too large for one bytearray
             raise FUSEError(errno.EFBIG) from None
+        except OSError as e:                # zsfs.acl's EINVAL for a malformed ACL
+            raise FUSEError(e.errno or errno.EIO) from None
         except Exception:
             log.exception("%s failed", name)
             raise FUSEError(errno.EIO) from None
@@ -180,25 +192,20 @@ def _check_name(name: bytes) -> None:
         raise FUSEError(errno.EINVAL)
 
 
-def _check_xattr_name(name: bytes) -> None:
-    if len(name) > NAME_MAX:
-        raise FUSEError(errno.ERANGE)
-    if not name.startswith(XATTR_NAMESPACES) or name in XATTR_NAMESPACES:
-        raise FUSEError(errno.EOPNOTSUPP)
-
-
 class Ceiling(pyfuse3.Operations):
     """zsfs's request handling over plain bytes."""
 
     supports_dot_lookup = ZsfsOperations.supports_dot_lookup
     enable_writeback_cache = ZsfsOperations.enable_writeback_cache
-    enable_acl = ZsfsOperations.enable_acl
 
     def __init__(self, opts: MountOptions, requests_path: str | None = None) -> None:
         super().__init__()
         self.capacity = opts.size
         self.nr_inodes = opts.nr_inodes
         self.update_atime = "noatime" not in opts.fuse_options
+        self.xattrs = getattr(opts, "xattr", True)
+        self.acl = getattr(opts, "acl", False) and self.xattrs
+        self.enable_acl = self.acl          # FUSE_POSIX_ACL, asked for at INIT
         self.requests = RequestStats()
         self.requests_path = requests_path
         self.nodes: dict[int, Node] = {}
@@ -350,6 +357,10 @@ class Ceiling(pyfuse3.Operations):
             self._resize(node, attr.st_size)
         if fields.update_mode:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
+            access = (node.xattrs or {}).get(posix_acl.ACCESS)
+            if access is not None:
+                node.xattrs[posix_acl.ACCESS] = posix_acl.build(  # type: ignore[index]
+                    posix_acl.chmod(posix_acl.parse(access), node.mode))
         if fields.update_uid:
             node.uid = attr.st_uid
         if fields.update_gid:
@@ -381,7 +392,14 @@ class Ceiling(pyfuse3.Operations):
             gid = parent.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
+        inherited = None
+        if self.acl and not stat.S_ISLNK(mode):
+            # FUSE_POSIX_ACL: the kernel leaves the umask and default ACLs to us
+            inherited = self._inherit_acl(parent, mode, ctx.umask)
+            mode = inherited[0]
         node = self._new_node(mode, ctx.uid, gid)
+        if inherited and inherited[1]:
+            node.xattrs = inherited[1]
         if stat.S_ISDIR(mode):
             node.entries = {}
             node.parent = parent.ino
@@ -392,6 +410,18 @@ class Ceiling(pyfuse3.Operations):
         entries[name] = node.ino
         parent.mtime_ns = parent.ctime_ns = node.ctime_ns
         return node
+
+    @staticmethod
+    def _inherit_acl(parent: Node, mode: int, umask: int) -> tuple[int, dict[bytes, bytes]]:
+        """(mode, ACL xattrs) of a new inode in *parent*, as zsfs's tree makes them."""
+        default = (parent.xattrs or {}).get(posix_acl.DEFAULT)
+        if default is None:
+            return mode & ~(umask & 0o777), {}
+        entries, mode, extended = posix_acl.create_masq(posix_acl.parse(default), mode)
+        xattrs = {posix_acl.ACCESS: posix_acl.build(entries)} if extended else {}
+        if stat.S_ISDIR(mode):
+            xattrs[posix_acl.DEFAULT] = default
+        return mode, xattrs
 
     @handler
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -645,21 +675,55 @@ class Ceiling(pyfuse3.Operations):
 
     # -- extended attributes -------------------------------------------------------------
 
+    def _xattr_target(self, inode: int, name: bytes | None = None) -> Node:
+        """The inode, after zsfs's checks: ENOSYS under ``noxattr`` (the kernel then
+        answers every later xattr call itself), then the name's namespace."""
+        if not self.xattrs:
+            raise FUSEError(errno.ENOSYS)
+        node = self._node(inode)
+        if name is not None:
+            if len(name) > NAME_MAX:
+                raise FUSEError(errno.ERANGE)
+            if not (self.acl and name in posix_acl.NAMES) and (
+                    not name.startswith(XATTR_NAMESPACES) or name in XATTR_NAMESPACES):
+                raise FUSEError(errno.EOPNOTSUPP)
+        return node
+
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        node = self._node(inode)
-        _check_xattr_name(name)
+        node = self._xattr_target(inode, name)
         if len(value) > XATTR_SIZE_MAX:
             raise FUSEError(errno.E2BIG)
         if node.xattrs is None:
             node.xattrs = {}
-        node.xattrs[name] = value
+        if name in posix_acl.NAMES:
+            self._set_acl(node, name, value)
+        else:
+            node.xattrs[name] = value
         node.ctime_ns = time_ns()
+
+    @staticmethod
+    def _set_acl(node: Node, name: bytes, value: bytes) -> None:
+        """Store an ACL as zsfs does (posix_acl_update_mode(), tmpfs's rules)."""
+        entries = posix_acl.parse(value)    # EINVAL (an OSError) if malformed
+        if stat.S_ISLNK(node.mode):
+            raise FUSEError(errno.EOPNOTSUPP)
+        xattrs = node.xattrs
+        assert xattrs is not None
+        if name == posix_acl.DEFAULT:
+            if node.entries is None:
+                raise FUSEError(errno.EACCES)
+            xattrs[name] = value
+            return
+        node.mode, extended = posix_acl.equiv_mode(entries, node.mode)
+        if extended:
+            xattrs[name] = value
+        else:
+            xattrs.pop(name, None)
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self._node(inode)
-        _check_xattr_name(name)
+        node = self._xattr_target(inode, name)
         try:
             return node.xattrs[name]  # type: ignore[index]
         except (KeyError, TypeError):
@@ -667,13 +731,14 @@ class Ceiling(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return list(self._node(inode).xattrs or ())
+        return list(self._xattr_target(inode).xattrs or ())
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        node = self._node(inode)
-        _check_xattr_name(name)
+        node = self._xattr_target(inode, name)
         if not node.xattrs or name not in node.xattrs:
+            if name in posix_acl.NAMES:
+                return                      # as zsfs and tmpfs: an absent ACL is no error
             raise FUSEError(errno.ENODATA)
         del node.xattrs[name]
         node.ctime_ns = time_ns()
