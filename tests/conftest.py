@@ -100,6 +100,7 @@ class MountEntry:
     source: str
     mount_options: str
     super_options: str
+    device: str = ""      # major:minor; a FUSE mount's minor is its fusectl connection
 
 
 def mount_entry(path: str | os.PathLike) -> MountEntry | None:
@@ -121,7 +122,7 @@ def mount_entry(path: str | os.PathLike) -> MountEntry | None:
                 continue
             mp = _unescape_mountinfo(lf[4])
             if mp == path:
-                found = MountEntry(mp, rf[0], _unescape_mountinfo(rf[1]), lf[5], rf[2])
+                found = MountEntry(mp, rf[0], _unescape_mountinfo(rf[1]), lf[5], rf[2], lf[2])
     return found
 
 
@@ -278,21 +279,30 @@ def start_mount(mountpoint: Path, opts: str, log: Path, extra_argv=(), command=(
             pytest.fail(f"zsfs did not mount within {MOUNT_TIMEOUT}s; argv={argv}"
                         f"\n---- stderr ----\n{m.stderr()}", pytrace=False)
         time.sleep(0.02)
-    try:
-        st = os.stat(mountpoint)  # first real request: the daemon must answer it
-    except OSError as e:
-        proc.kill()
-        proc.wait()
-        _try_unmount(mountpoint)
-        pytest.fail(f"stat of the fresh zsfs mount failed: {e}\n---- stderr ----\n"
-                    f"{m.stderr()}", pytrace=False)
-    m.conn = os.minor(st.st_dev) if os.major(st.st_dev) == 0 else None
+    # The connection, from the mount table: a stat would already be a request.
+    entry = mount_entry(mountpoint)
+    major, _, minor = entry.device.partition(":") if entry else ("", "", "")
+    m.conn = int(minor) if major == "0" and minor.isdigit() else None
 
     def on_hang():
         m.hung = True
         if not _abort_connection(m.conn):
             proc.kill()  # closing /dev/fuse aborts the connection just the same
 
+    # A daemon that never answers its first request must fail this test, not hang the run.
+    first = threading.Timer(MOUNT_TIMEOUT + EXIT_TIMEOUT, on_hang)
+    first.daemon = True
+    first.start()
+    try:
+        os.stat(mountpoint)  # first real request: the daemon must answer it
+    except OSError as e:
+        proc.kill()
+        proc.wait()
+        _try_unmount(mountpoint)
+        pytest.fail(f"stat of the fresh zsfs mount failed: {e}\n---- stderr ----\n"
+                    f"{m.stderr()}", pytrace=False)
+    finally:
+        first.cancel()
     m.watchdog = threading.Timer(HANG_TIMEOUT, on_hang)
     m.watchdog.daemon = True
     m.watchdog.start()
