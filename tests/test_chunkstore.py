@@ -910,10 +910,10 @@ async def test_a_parallel_read_returns_what_was_there_when_it_began(monkeypatch)
     started, go = threading.Event(), threading.Event()
     codec = chunkstore.Codec(1, store.pool.huge_class_size)
 
-    def held(frames, decompress_many=codec.decompress_many):
+    def held(frames, dictionaries=None, decompress_many=codec.decompress_many):
         started.set()
         assert go.wait(30), "the test never let the decompression finish"
-        return decompress_many(frames)
+        return decompress_many(frames, dictionaries)
 
     monkeypatch.setattr(codec, "decompress_many", held)
     store._read_codecs.append(codec)

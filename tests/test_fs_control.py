@@ -31,7 +31,9 @@ except ImportError:  # tests/ imported as a package
     from tests.conftest import expect_errno, read_file, wait_for
 
 CONTROL_FILES = {"stats", "mm_stat", "classes", "compact", "mem_limit", "mem_used_max",
-                 "compact_threshold", "compact_interval", "requests"}
+                 "compact_threshold", "compact_interval", "requests", "recompress",
+                 "recompress_idle", "recompress_level", "dictionary"}
+WRITE_ONLY = {"compact", "recompress"}
 READ_ONLY = {"stats", "mm_stat", "classes"}
 WRITABLE = CONTROL_FILES - READ_ONLY
 
@@ -39,7 +41,8 @@ STATS_LINES = [
     "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
     "same_chunks", "huge_chunks", "pages_compacted", "compactions_background",
     "compactions_manual", "frag_ratio", "compression_ratio", "files", "directories",
-    "chunks", "chunk_size", "level", "metadata_bytes", "rss_bytes",
+    "chunks", "chunk_size", "level", "metadata_bytes", "rss_bytes", "recompressed_chunks",
+    "recompress_saved_bytes", "dictionary_chunks", "dictionaries", "dictionary_bytes",
 ]
 PAGE = 4096
 CHUNK = 16384
@@ -247,9 +250,9 @@ def test_control_dir_listed_with_fixed_entries(mount):
         assert bool(st.st_mode & stat.S_IWUSR) == (name in WRITABLE), name
         assert not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH), name
         # compact is write-only, as zram's is (mode 0200); the rest are world-readable
-        assert bool(st.st_mode & stat.S_IROTH) == (name != "compact"), name
+        assert bool(st.st_mode & stat.S_IROTH) == (name not in WRITE_ONLY), name
     # contents end with a newline (root can open compact for reading: it is empty)
-    for name in CONTROL_FILES - {"compact"}:
+    for name in CONTROL_FILES - WRITE_ONLY:
         text = read_ctl(m, name)
         assert text.endswith("\n") and text.strip(), (name, text)
     # a directory named .zsfs elsewhere is an ordinary directory

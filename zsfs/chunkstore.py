@@ -43,7 +43,8 @@ from typing import Awaitable, Callable
 
 import trio
 
-from .codec import FILL_WORD, Buffer, Codec, Encoding, Payload, fill_bytes
+from .codec import FILL_WORD, Buffer, Codec, Dictionary, Encoding, Payload, fill_bytes
+from .recompress import TAG_BITS, Version, Versions
 from .staging import CompressionQueue, Staged
 from .zsmalloc import Pool, PoolFull
 
@@ -52,19 +53,33 @@ PARALLEL_READ_BYTES = 256 << 10   # reads at least this long decompress on a wor
 COMPRESSORS = 2                # batches compressed at once, one thread each: one commits
                                # on the trio thread while the other compresses
 
-# A chunk map entry is one int: payload, length and kind. Kinds 0-2 are the codec's
-# encodings (the payload is a pool handle or a fill word); kinds 3-6 are free for
-# encodings to come; STAGED's payload is a staging slot.
+# A chunk map entry is one int: payload, tag, length and kind. Kinds 0-2 are the
+# codec's encodings as a write stores them (the payload is a pool handle or a fill
+# word). Kinds 3-5 are chunks the recompressor has been through (recompress.py), and
+# their tag names the recompression Version that did it: ZSTD_DICT is a frame made
+# with that version's dictionary, which reading it needs; ZSTD_SEEN and RAW_SEEN are
+# read like ZSTD and RAW (a frame without dictionary, recompressed or found small
+# enough already; a raw chunk that did not shrink), the tag only says which setting
+# has tried them. Kind 6 is free; STAGED's payload is a staging slot.
 _KIND_BITS = 3
 _LEN_BITS = 17                 # lengths up to 64 KiB inclusive
-_PAYLOAD_SHIFT = _KIND_BITS + _LEN_BITS
+_TAG_SHIFT = _KIND_BITS + _LEN_BITS
+_PAYLOAD_SHIFT = _TAG_SHIFT + TAG_BITS
 _KIND_MASK = (1 << _KIND_BITS) - 1
 _LEN_MASK = (1 << _LEN_BITS) - 1
+TAG_MASK = (1 << TAG_BITS) - 1
+ZSTD_DICT = 3
+ZSTD_SEEN = 4
+RAW_SEEN = 5
 STAGED = _KIND_MASK
+_FRAMES = frozenset({Encoding.ZSTD, ZSTD_DICT, ZSTD_SEEN})    # kinds held as zstd frames
+_RAWS = frozenset({Encoding.RAW, RAW_SEEN})                   # kinds held uncompressed
+_FRESH = frozenset({Encoding.ZSTD, Encoding.RAW})             # not recompressed yet
+_SEEN = frozenset({ZSTD_DICT, ZSTD_SEEN, RAW_SEEN})            # recompressed, tagged
 
 
-def pack_entry(kind: int, length: int, payload: int) -> int:
-    return (payload << _PAYLOAD_SHIFT) | (length << _KIND_BITS) | kind
+def pack_entry(kind: int, length: int, payload: int, tag: int = 0) -> int:
+    return (payload << _PAYLOAD_SHIFT) | (tag << _TAG_SHIFT) | (length << _KIND_BITS) | kind
 
 
 def entry_kind(entry: int) -> int:
@@ -73,6 +88,10 @@ def entry_kind(entry: int) -> int:
 
 def entry_length(entry: int) -> int:
     return (entry >> _KIND_BITS) & _LEN_MASK
+
+
+def entry_tag(entry: int) -> int:
+    return (entry >> _TAG_SHIFT) & TAG_MASK
 
 
 def entry_payload(entry: int) -> int:
@@ -167,6 +186,13 @@ class StoreStats:
         huge_chunks: of them stored uncompressed;
         huge_chunks_since: chunks ever stored uncompressed (zram's huge_pages_since).
         staged_bytes: of orig_bytes, bytes accepted but not compressed yet.
+        recompressed_chunks: objects the recompressor replaced since the mount
+            (by smaller ones, or moved off a retired dictionary).
+        recompress_saved_bytes: the object bytes those replacements saved (old
+            object sizes minus new ones; chunks freed or rewritten since included).
+        dictionary_chunks: chunks held as frames made with a dictionary.
+        dictionaries: dictionaries alive (the current one and those chunks need);
+        dictionary_bytes: their memory (content and decoding tables).
     """
 
     orig_bytes: int
@@ -175,6 +201,40 @@ class StoreStats:
     huge_chunks: int
     huge_chunks_since: int
     staged_bytes: int
+    recompressed_chunks: int = 0
+    recompress_saved_bytes: int = 0
+    dictionary_chunks: int = 0
+    dictionaries: int = 0
+    dictionary_bytes: int = 0
+
+
+class Recoding:
+    """A chunk copied out of the arena to be recompressed (or sampled) on a worker thread.
+
+    ``frame`` is its object's bytes: a zstd frame made with ``dictionary`` if
+    ``compressed``, else the raw chunk; its content is the first ``length`` bytes.
+    ``entry`` is the chunk's entry when it was copied, to tell whether it changed since.
+    """
+
+    __slots__ = ("cmap", "index", "entry", "frame", "compressed", "dictionary")
+
+    def __init__(self, cmap: ChunkMap, index: int, entry: int, frame: bytes, compressed: bool,
+                 dictionary: Dictionary | None) -> None:
+        self.cmap = cmap
+        self.index = index
+        self.entry = entry
+        self.frame = frame
+        self.compressed = compressed
+        self.dictionary = dictionary
+
+    @property
+    def length(self) -> int:
+        return entry_length(self.entry)
+
+    @property
+    def source(self) -> tuple[Buffer, bool, Dictionary | None, int]:
+        """What ``Codec.recode_many`` takes."""
+        return self.frame, self.compressed, self.dictionary, entry_length(self.entry)
 
 
 def _scatter(out: bytearray, pieces: list[tuple[int, int, int, int]],
@@ -198,7 +258,8 @@ class ChunkStore:
     """
 
     def __init__(self, pool: Pool, chunk_size: int, level: int, capacity: int = 0,
-                 make_room: Callable[[], Awaitable[object]] | None = None) -> None:
+                 make_room: Callable[[], Awaitable[object]] | None = None,
+                 recompress_level: int = 6) -> None:
         if chunk_size > pool.max_object_size:
             raise ValueError("chunk_size exceeds the pool's max_object_size")
         self.pool = pool
@@ -219,10 +280,16 @@ class ChunkStore:
         self._staged: dict[int, Staged] = {}          # slot -> the chunk staged there
         self._next_slot = 1
         self._write_lock = trio.Lock()
+        self.versions = Versions(pool, recompress_level)
+        self.recompressed_chunks = 0
+        self.recompress_saved_bytes = 0
 
     def stats(self) -> StoreStats:
+        versions = self.versions
         return StoreStats(self.orig_bytes, self.chunks, self.same_chunks, self.huge_chunks,
-                          self.huge_chunks_since, self.staged_bytes)
+                          self.huge_chunks_since, self.staged_bytes, self.recompressed_chunks,
+                          self.recompress_saved_bytes, versions.dictionary_chunks,
+                          versions.dictionaries, versions.dictionary_bytes)
 
     # -- reading ------------------------------------------------------------------
 
@@ -237,9 +304,15 @@ class ChunkStore:
             return fill_bytes(payload, length)
         else:
             data = self.pool.read(payload)
-            if kind == Encoding.ZSTD:
-                data = self.codec.decompress(data)
+            if kind in _FRAMES:
+                data = self.codec.decompress(data, self._dictionary(entry))
         return data if len(data) == length else data[:length]
+
+    def _dictionary(self, entry: int) -> Dictionary | None:
+        """The dictionary a frame entry needs (None for frames made without one)."""
+        if entry_kind(entry) != ZSTD_DICT:
+            return None
+        return self.versions.get(entry_tag(entry)).dictionary
 
     def read(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes at ``offset`` (the caller clips to the file size)."""
@@ -252,9 +325,9 @@ class ChunkStore:
             content = self._content(entry)
             piece = bytes(content[in_chunk:in_chunk + length])
             return piece + bytes(length - len(piece)) if len(piece) < length else piece
-        out, pieces, frames = self._gather(cmap, offset, length, copy=False)
+        out, pieces, frames, dictionaries = self._gather(cmap, offset, length, copy=False)
         if pieces:
-            _scatter(out, pieces, self.codec.decompress_many(frames))
+            _scatter(out, pieces, self.codec.decompress_many(frames, dictionaries))
         return out
 
     async def read_parallel(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
@@ -268,27 +341,32 @@ class ChunkStore:
         """
         if length < PARALLEL_READ_BYTES:
             return self.read(cmap, offset, length)
-        out, pieces, frames = self._gather(cmap, offset, length, copy=True)
+        out, pieces, frames, dictionaries = self._gather(cmap, offset, length, copy=True)
         if pieces:
             codec = self._read_codecs.pop() if self._read_codecs else Codec(
                 self.codec.level, self.codec.raw_threshold)
             try:
-                contents = await trio.to_thread.run_sync(codec.decompress_many, frames)
+                contents = await trio.to_thread.run_sync(codec.decompress_many, frames,
+                                                         dictionaries)
             finally:
                 self._read_codecs.append(codec)
             _scatter(out, pieces, contents)
         return out
 
     def _gather(self, cmap: ChunkMap, offset: int, length: int, copy: bool
-                ) -> tuple[bytearray, list[tuple[int, int, int, int]], list[Buffer]]:
+                ) -> tuple[bytearray, list[tuple[int, int, int, int]], list[Buffer],
+                           list[Dictionary | None]]:
         """A read's buffer, filled with every piece but the zstd chunks' (holes are zeros),
         and those pieces (position in out, offset in chunk, bytes wanted, length held)
-        with their frames, copied out of the arena if ``copy``."""
+        with their frames, copied out of the arena if ``copy``, and the frames'
+        dictionaries (a read on a worker thread holds them: a dictionary retired
+        meanwhile lives until the read is done)."""
         cs = self.chunk_size
         idx, in_chunk = divmod(offset, cs)
         out = bytearray(length)
         pieces = []
         frames: list[Buffer] = []
+        dictionaries: list[Dictionary | None] = []
         pos = 0
         get = cmap.get
         while pos < length:
@@ -296,17 +374,18 @@ class ChunkStore:
             entry = get(idx)
             if entry is None:
                 pass
-            elif entry_kind(entry) == Encoding.ZSTD:
+            elif entry_kind(entry) in _FRAMES:
                 pieces.append((pos, in_chunk, n, entry_length(entry)))
                 frame = self.pool.read(entry_payload(entry))
                 frames.append(bytes(frame) if copy else frame)
+                dictionaries.append(self._dictionary(entry))
             else:
                 piece = self._content(entry)[in_chunk:in_chunk + n]
                 out[pos:pos + len(piece)] = piece
             pos += n
             in_chunk = 0
             idx += 1
-        return out, pieces, frames
+        return out, pieces, frames, dictionaries
 
     # -- writing ------------------------------------------------------------------
 
@@ -510,17 +589,20 @@ class ChunkStore:
         self.pool.write(handle, payload)           # type: ignore[arg-type]
         return handle, size
 
-    def _install(self, cmap: ChunkMap, idx: int, length: int, kind: Encoding, value: int,
-                 stored: int) -> None:
-        cmap[idx] = pack_entry(kind, length, value)
+    def _install(self, cmap: ChunkMap, idx: int, length: int, kind: int, value: int,
+                 stored: int, tag: int = 0) -> None:
+        cmap[idx] = pack_entry(kind, length, value, tag)
         cmap.stored_bytes += stored
         self.orig_bytes += length
         self.chunks += 1
         if kind == Encoding.FILL:
             self.same_chunks += 1
-        elif kind == Encoding.RAW:
+        elif kind in _RAWS:
             self.huge_chunks += 1
-            self.huge_chunks_since += 1
+            if kind == Encoding.RAW:
+                self.huge_chunks_since += 1
+        elif kind == ZSTD_DICT:
+            self.versions.use(tag)
 
     def _drop(self, cmap: ChunkMap, entry: int) -> None:
         """Forget one entry: its counters and its storage (the caller removes or replaces it)."""
@@ -541,8 +623,10 @@ class ChunkStore:
             cmap.stored_bytes -= length
         else:
             cmap.stored_bytes -= self.pool.size(payload)
-            if kind == Encoding.RAW:
+            if kind in _RAWS:
                 self.huge_chunks -= 1
+            elif kind == ZSTD_DICT:
+                self.versions.unuse(entry_tag(entry))
 
     def _free(self, entry: int) -> None:
         """Free what an uncounted entry holds: its object, or its staging and what that kept."""
@@ -556,6 +640,86 @@ class ChunkStore:
                 self._free(staged.old)
         elif kind != Encoding.FILL:
             self.pool.free(payload)
+
+    # -- recompression (recompress.py schedules it) -----------------------------------
+
+    def needs_recompression(self, entry: int) -> bool:
+        """Whether the current recompression setting has yet to go through the chunk."""
+        kind = entry_kind(entry)
+        if kind in _FRESH:
+            return True
+        return kind in _SEEN and entry_tag(entry) != self.versions.current.tag
+
+    def needs_recompression_at(self, cmap: ChunkMap, idx: int) -> bool:
+        entry = cmap.get(idx)
+        return entry is not None and self.needs_recompression(entry)
+
+    @property
+    def busy(self) -> bool:
+        """Writes have chunks waiting for the compressors: background work should wait."""
+        return bool(self._staged)
+
+    def recompression_source(self, cmap: ChunkMap, idx: int) -> Recoding | None:
+        """Chunk ``idx``, copied out of the arena for recompression on a worker thread;
+        None when it needs none (a hole, a fill, staged, or seen by the current setting)."""
+        entry = cmap.get(idx)
+        if entry is None or not self.needs_recompression(entry):
+            return None
+        return Recoding(cmap, idx, entry, bytes(self.pool.read(entry_payload(entry))),
+                        entry_kind(entry) in _FRAMES, self._dictionary(entry))
+
+    def training_source(self, cmap: ChunkMap, idx: int) -> Recoding | None:
+        """Chunk ``idx`` copied out of the arena as a sample for a dictionary: zstd
+        frames only (what did not compress at all would teach it nothing)."""
+        entry = cmap.get(idx)
+        if entry is None or entry_kind(entry) not in _FRAMES:
+            return None
+        return Recoding(cmap, idx, entry, bytes(self.pool.read(entry_payload(entry))), True,
+                        self._dictionary(entry))
+
+    def commit_recompressed(self, job: Recoding, version: Version, kind: Encoding,
+                            payload: Payload) -> bool:
+        """Store ``job``'s chunk encoded again by ``version``, if that still applies and is
+        worth it; True when its object was replaced.
+
+        It applies when ``version`` is still the current setting and the chunk is as
+        it was copied out: the same entry, and the same bytes in its object (a handle
+        freed meanwhile may be in use again for an object of the same length). It is
+        worth it when the new encoding is smaller, or when the chunk's dictionary is
+        not the current setting's (moving it off lets that dictionary go). Otherwise
+        the chunk keeps its object, marked as seen by ``version``. A replacement that
+        does not fit under ``mem_limit`` is skipped. New is allocated before old is freed.
+        """
+        cmap, idx, entry = job.cmap, job.index, job.entry
+        if version is not self.versions.current or cmap.get(idx) != entry:
+            return False
+        handle = entry_payload(entry)
+        if bytes(self.pool.read(handle)) != job.frame:   # (memoryview == bytes: per byte)
+            return False
+        old_kind = entry_kind(entry)
+        length = entry_length(entry)
+        new_size = 0 if kind == Encoding.FILL else len(payload)   # type: ignore[arg-type]
+        retired = job.dictionary is not version.dictionary and job.dictionary is not None
+        if new_size < len(job.frame) or retired:
+            try:
+                value, stored = self._place(kind, payload, 0)
+            except PoolFull:
+                return False
+            self._drop(cmap, entry)
+            new_kind = (kind if kind == Encoding.FILL else RAW_SEEN if kind == Encoding.RAW
+                        else ZSTD_DICT if version.dictionary is not None else ZSTD_SEEN)
+            self._install(cmap, idx, length, new_kind, value, stored, version.tag)
+            self.recompressed_chunks += 1
+            self.recompress_saved_bytes += len(job.frame) - new_size
+            return True
+        if old_kind == ZSTD_DICT:           # the same dictionary under a newer version
+            self.versions.use(version.tag)
+            self.versions.unuse(entry_tag(entry))
+            seen = ZSTD_DICT
+        else:
+            seen = RAW_SEEN if old_kind in _RAWS else ZSTD_SEEN
+        cmap[idx] = pack_entry(seen, length, handle, version.tag)
+        return False
 
     # -- truncating and freeing ----------------------------------------------------
 

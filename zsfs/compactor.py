@@ -25,10 +25,12 @@ slice, so a stop signal is not held up by a long compaction of a large pool.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import time
+from typing import Iterator
 
 import trio
 
@@ -83,6 +85,7 @@ class Compactor:
         self._stopping = False
         self._failed = False      # the last background compaction raised
         self._released_at_trim = 0   # the arena's pages_released at the last heap trim
+        self._held = 0               # background compaction waits while > 0 (held())
 
     async def compact(self, manual: bool = True) -> int:
         """One full compaction in slices; returns the pages freed.
@@ -141,7 +144,26 @@ class Compactor:
         """Tell the background task that much was freed: check early."""
         self._kicked.set()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """No background compaction while in this block (compactions asked for, and those
+        that make room at mem_limit, still run).
+
+        For a recompression pass, which frees old objects and allocates smaller ones
+        all along: a compaction in the middle would spill the new objects into the
+        holes that larger classes have for a moment, and they would stay in those
+        larger slots (corpus, ``echo all > recompress``: 2.39 file bytes per byte of
+        memory with compaction held, 2.28 without).
+        """
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+
     def worth_it(self) -> bool:
+        if self._held:
+            return False
         pool = self.pool
         if not pool.pages_used or pool.obj_bytes / (pool.pages_used * PAGE_SIZE) >= self.threshold:
             return False

@@ -18,6 +18,10 @@ opens them with direct I/O so no stale page cache is ever read.
 | compact_interval  | rw     | seconds between background checks        |
 | requests          | rw     | none: FUSE requests per opcode, handler  |
 |                   |        | time (``0`` clears the counters)         |
+| recompress        | w      | recompress (``idle`` or ``all``, at once)|
+| recompress_idle   | rw     | none: seconds before background recomp.  |
+| recompress_level  | rw     | algorithm_params level of recompression  |
+| dictionary        | rw     | ``on``/``off``; ``retrain`` trains anew  |
 
 Values are parsed by the same functions as the mount options of the same name
 (zsfs.options), ranges included; a write may end with one newline, as ``echo``'s
@@ -40,9 +44,10 @@ from .arena import PAGE_SIZE
 from .chunkstore import ChunkStore
 from .compactor import Compactor
 from .options import OptionError, parse_value
+from .recompress import NotEnoughData, Recompressor
 from .requests import RequestStats
 from .tree import Tree
-from .zsmalloc import FULLNESS_LABELS, Pool
+from .zsmalloc import FULLNESS_LABELS, Pool, PoolStats
 
 CONTROL_NAME = b".zsfs"
 CONTROL_BASE = 1 << 62   # control inode numbers; the tree's never get this high
@@ -80,11 +85,12 @@ class Control:
     """The control directory over one mount's pool, store, tree and compactor."""
 
     def __init__(self, pool: Pool, store: ChunkStore, tree: Tree, compactor: Compactor,
-                 uid: int, gid: int) -> None:
+                 uid: int, gid: int, recompressor: Recompressor | None = None) -> None:
         self.pool = pool
         self.store = store
         self.tree = tree
         self.compactor = compactor
+        self.recompressor = recompressor
         self.uid = uid
         self.gid = gid
         self.mtime_ns = time.time_ns()
@@ -101,6 +107,16 @@ class Control:
             ("compact_interval", lambda: f"{self.compactor.interval:g}\n", self._set_interval),
             ("requests", self.requests.render, self._clear_requests),
         ]
+        if recompressor is not None:
+            specs += [
+                ("recompress", None, self._recompress),
+                ("recompress_idle", lambda: f"{recompressor.idle_age:g}\n",
+                 self._set_recompress_idle),
+                ("recompress_level", lambda: f"{recompressor.level}\n",
+                 self._set_recompress_level),
+                ("dictionary", lambda: "on\n" if recompressor.dictionary else "off\n",
+                 self._set_dictionary),
+            ]
         self.files = {
             name.encode(): ControlFile(name.encode(), CONTROL_BASE + 1 + i, render, apply)
             for i, (name, render, apply) in enumerate(specs)
@@ -162,6 +178,15 @@ class Control:
         if text != "0":
             raise _einval("mem_used_max")
         self.pool.reset_mem_used_max()
+        self.store.versions.reset_max()
+
+    def _memory(self, pool: PoolStats) -> tuple[int, int, int]:
+        """mem_used_total, mem_used_max and mem_reserved in bytes: the pool's pages plus the
+        dictionaries' (whose pool reservation is theirs, not staged chunks')."""
+        versions = self.store.versions
+        return (pool.mem_used + versions.dictionary_pages * PAGE_SIZE,
+                pool.mem_used_max + versions.dictionary_pages_max * PAGE_SIZE,
+                (pool.reserved_pages - versions.dictionary_pages) * PAGE_SIZE)
 
     async def _clear_requests(self, text: str) -> None:
         if text != "0":
@@ -174,6 +199,30 @@ class Control:
     async def _set_interval(self, text: str) -> None:
         self.compactor.interval = self._parse("compact_interval", text)
 
+    async def _recompress(self, text: str) -> None:
+        if text not in ("idle", "all"):
+            raise _einval("recompress")
+        assert self.recompressor is not None
+        await self.recompressor.recompress(idle_only=text == "idle")
+
+    async def _set_recompress_idle(self, text: str) -> None:
+        assert self.recompressor is not None
+        self.recompressor.idle_age = self._parse("recompress_idle", text)
+
+    async def _set_recompress_level(self, text: str) -> None:
+        assert self.recompressor is not None
+        self.recompressor.level = int(self._parse("recompress_level", text))
+
+    async def _set_dictionary(self, text: str) -> None:
+        assert self.recompressor is not None
+        if text == "retrain":
+            try:
+                await self.recompressor.retrain()
+            except NotEnoughData:
+                raise OSError(errno.ENODATA, "too little data to train a dictionary") from None
+        else:
+            self.recompressor.dictionary = bool(self._parse("dictionary", text))
+
     # -- renderers -------------------------------------------------------------------
 
     def _stats(self) -> str:
@@ -181,15 +230,15 @@ class Control:
         store = self.store.stats()
         tree = self.tree.stats()
         compactor = self.compactor
-        mem_used = pool.mem_used
+        mem_used, mem_used_max, mem_reserved = self._memory(pool)
         lines = [
             ("orig_data_size", store.orig_bytes),
             ("compr_data_size", pool.obj_bytes),
             ("mem_used_total", mem_used),
             ("mem_limit", pool.mem_limit),
-            ("mem_used_max", pool.mem_used_max),
+            ("mem_used_max", mem_used_max),
             ("staged_data_size", store.staged_bytes),
-            ("mem_reserved", pool.reserved_pages * PAGE_SIZE),
+            ("mem_reserved", mem_reserved),
             ("same_chunks", store.same_chunks),
             ("huge_chunks", store.huge_chunks),
             ("huge_chunks_since", store.huge_chunks_since),
@@ -200,6 +249,11 @@ class Control:
             ("compact_longest_slice_us", round(compactor.longest_slice * 1e6)),
             ("frag_ratio", f"{pool.frag_ratio * 100:.2f}"),
             ("compression_ratio", f"{store.orig_bytes / mem_used if mem_used else 0:.2f}"),
+            ("recompressed_chunks", store.recompressed_chunks),
+            ("recompress_saved_bytes", store.recompress_saved_bytes),
+            ("dictionary_chunks", store.dictionary_chunks),
+            ("dictionaries", store.dictionaries),
+            ("dictionary_bytes", store.dictionary_bytes),
             ("files", tree.files),
             ("directories", tree.directories),
             ("symlinks", tree.symlinks),
@@ -215,8 +269,9 @@ class Control:
     def _mm_stat(self) -> str:
         pool = self.pool.stats()
         store = self.store.stats()
-        columns = (store.orig_bytes, pool.obj_bytes, pool.mem_used, pool.mem_limit,
-                   pool.mem_used_max, store.same_chunks, pool.pages_compacted,
+        mem_used, mem_used_max, _ = self._memory(pool)
+        columns = (store.orig_bytes, pool.obj_bytes, mem_used, pool.mem_limit,
+                   mem_used_max, store.same_chunks, pool.pages_compacted,
                    store.huge_chunks, store.huge_chunks_since)
         return " ".join(f"{n:8d}" for n in columns) + "\n"
 

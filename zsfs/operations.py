@@ -40,6 +40,7 @@ from .compactor import Compactor
 from .control import CONTROL_DIR_INO, CONTROL_NAME, Control
 from .credentials import Caller
 from .options import MountOptions
+from .recompress import Recompressor
 from .requests import RequestStats
 from .tree import NAME_MAX, ROOT_INODE, Inode, Tree
 from .zsmalloc import Pool
@@ -114,7 +115,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, control: Control, compactor: Compactor,
-                 xattrs: bool = True) -> None:
+                 xattrs: bool = True, recompressor: Recompressor | None = None) -> None:
         super().__init__()
         self.xattrs = xattrs
         # FUSE_POSIX_ACL: the kernel evaluates ACLs; the tree stores and applies them
@@ -124,15 +125,19 @@ class Operations(pyfuse3.Operations):
         self.pool: Pool = tree.store.pool
         self.control = control
         self.compactor = compactor
+        self.recompressor = recompressor
         self.requests = control.requests
         self._open: dict[int, Inode | _ControlHandle] = {}
         self._next_fh = 1
 
     async def serve(self) -> None:
-        """Serve requests until unmounted, with the background compactor running."""
+        """Serve requests until unmounted, with the background compactor, compressors
+        and recompressor running."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.compactor.run)
             nursery.start_soon(self.store.run)
+            if self.recompressor is not None:
+                nursery.start_soon(self.recompressor.run)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -486,9 +491,15 @@ def build_operations(opts: MountOptions) -> Operations:
     pool = Pool(max_object_size=opts.chunk_size, mem_limit=opts.mem_limit)
     compactor = Compactor(pool, opts.compact_threshold, opts.compact_interval)
     store = ChunkStore(pool, opts.chunk_size, opts.level, capacity=opts.size,
-                       make_room=functools.partial(compactor.compact, manual=False))
+                       make_room=functools.partial(compactor.compact, manual=False),
+                       recompress_level=opts.recompress_level)
     tree = Tree(store, nr_inodes=opts.nr_inodes, root_mode=opts.mode, root_uid=opts.uid,
                 root_gid=opts.gid, atime="noatime" if "noatime" in opts.fuse_options else "relatime",
                 acl=opts.acl and opts.xattr)
-    control = Control(pool, store, tree, compactor, uid=os.getuid(), gid=os.getgid())
-    return Operations(tree, control, compactor, xattrs=opts.xattr)
+    recompressor = Recompressor(store, tree, opts.recompress_idle, opts.recompress_level,
+                                opts.dictionary,
+                                compact=functools.partial(compactor.compact, manual=False),
+                                kick=compactor.kick, hold_compaction=compactor.held)
+    control = Control(pool, store, tree, compactor, uid=os.getuid(), gid=os.getgid(),
+                      recompressor=recompressor)
+    return Operations(tree, control, compactor, xattrs=opts.xattr, recompressor=recompressor)

@@ -18,8 +18,10 @@ Conventions:
 * Every value has a range and anything outside it is an error, never clamped:
   ``size`` and ``mem_limit`` at most ``MAX_BYTES`` after rounding, ``nr_inodes``
   at most ``MAX_COUNT``, ``compact_threshold`` 0..1 (0%..100%) and
-  ``compact_interval`` from ``MIN_INTERVAL`` to ``MAX_INTERVAL`` seconds, both
-  decimals compared exactly (``nan``, ``inf``, ``1e3`` and signs are malformed).
+  ``compact_interval`` from ``MIN_INTERVAL`` to ``MAX_INTERVAL`` seconds,
+  ``recompress_idle`` 0 (off) or ``MIN_INTERVAL`` to ``MAX_IDLE`` seconds, all
+  decimals compared exactly (``nan``, ``inf``, ``1e3`` and signs are malformed);
+  ``recompress_level`` 1..22; ``dictionary`` ``on`` or ``off``.
 * ``uid=`` and ``gid=`` take a number or a name; ``level=0`` is refused, since
   zstd would read it as its default level 3.
 * Options that only matter to mount(8) itself (``defaults``, ``noauto``,
@@ -65,6 +67,8 @@ MAX_COUNT = 2**63 - 1
 #: background compaction off), and not so short that the check spins.
 MIN_INTERVAL = Decimal("0.01")
 MAX_INTERVAL = 86400
+#: Largest recompress_idle=, seconds: 30 days.
+MAX_IDLE = 30 * 86400
 #: POSIX ACLs only with -o acl: with them, every create by a caller other than the
 #: directory's owner costs two more FUSE round trips (README, "POSIX ACLs").
 ACL_DEFAULT = False
@@ -113,6 +117,9 @@ class MountOptions:
     fuse_options: tuple[str, ...]  # for pyfuse3.init
     xattr: bool = True  # extended attributes; noxattr saves a round trip per write(2)
     acl: bool = ACL_DEFAULT  # POSIX ACLs (needs xattr)
+    recompress_idle: float = 300.0  # seconds a file is left alone before recompression, 0 = off
+    recompress_level: int = 6  # zstd level of recompression, 1..22
+    dictionary: bool = True  # recompression trains and uses a zstd dictionary
 
 
 def _round_up(n: int) -> int:
@@ -219,6 +226,26 @@ def _seconds(value: str) -> float:
     return float(x)
 
 
+def _idle_seconds(value: str) -> float:
+    x = _decimal(value)
+    if x and not MIN_INTERVAL <= x <= MAX_IDLE:
+        raise ValueError(f"0 (off) or seconds, from {MIN_INTERVAL} to {MAX_IDLE}")
+    return float(x)
+
+
+def _strong_level(value: str) -> int:
+    n = _integer(value) if _DIGITS.fullmatch(value) else 0
+    if not 1 <= n <= 22:
+        raise ValueError("1..22")
+    return n
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise ValueError("on or off")
+    return value == "on"
+
+
 def _fsname(value: str) -> str:
     if not value:
         raise ValueError
@@ -242,6 +269,9 @@ _PARSERS: dict[str, Callable[[str], int | float]] = {
     "level": _level,
     "compact_threshold": _fraction,
     "compact_interval": _seconds,
+    "recompress_idle": _idle_seconds,
+    "recompress_level": _strong_level,
+    "dictionary": _on_off,
 }
 _NAMES: dict[str, Callable[[str], str]] = {"fsname": _fsname, "subtype": _subtype}
 
@@ -299,6 +329,9 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
         "level": 1,
         "compact_threshold": 0.95,
         "compact_interval": 5.0,
+        "recompress_idle": 300.0,
+        "recompress_level": 6,
+        "dictionary": True,
     }
     names = {"fsname": source or "zsfs", "subtype": "zsfs"}
     flags: dict[str, str] = {}
