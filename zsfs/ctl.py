@@ -564,7 +564,9 @@ def _parser() -> _Parser:
         epilog="Columns: " + ", ".join(f"{c.name} ({c.help})" for c in COLUMNS.values())
                + ". Keys for set: " + ", ".join(SETTABLE) + ".",
     )
-    p.add_argument("words", nargs="*", metavar="MOUNT")
+    p.add_argument("words", nargs="*", metavar="MOUNT",
+                   help="zsfs mounts (a mount point or a path inside one), after a command "
+                   "if one is given: stats, compact, set, list (the default)")
     p.add_argument("-o", "--output", metavar="LIST", help="columns to show (+LIST adds)")
     p.add_argument("--output-all", action="store_true", help="show every column")
     p.add_argument("-b", "--bytes", action="store_true", help="exact byte counts")
