@@ -788,7 +788,7 @@ class Worker:
 
     def gen_write_file(self):
         path = self.new_path() if self.rng.random() < 0.4 else self.pick("file")
-        return ("write_file", path, self.data_spec(), self.mode(reg=True))
+        return ("write_file", path, self.data_spec(), self.mode())
 
     def gen_read_file(self):
         return ("read_file", self.pick("file"), self.rng.random() < 0.7)
@@ -879,7 +879,7 @@ class Worker:
         off = r.randint(0, L - 1)
         return ("shared_pread", off, r.randint(0, L - off), r.random() < 0.6)
 
-    def mode(self, reg: bool = False) -> int:
+    def mode(self) -> int:
         r = self.rng
         if r.random() < 0.7:
             return r.choice([0o644, 0o600, 0o755, 0o777, 0o000, 0o444])
@@ -1267,6 +1267,7 @@ class Compacting:
         self.every = every
         self.runs = 0
         self.peaks: Counter[str] = Counter()
+        self.last: dict[str, float] = {}
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -1279,6 +1280,7 @@ class Compacting:
         while not self._stop.wait(self.every or 0.1):
             try:
                 st = read_stats(self.zroot)
+                self.last = st
                 for k in ("orig_data_size", "mem_used_total"):
                     self.peaks[k] = max(self.peaks[k], int(st.get(k, 0)))
             except OSError as e:
@@ -1309,6 +1311,7 @@ class RunResult:
     counts: Counter = field(default_factory=Counter)
     compactions: int = 0
     peaks: Counter = field(default_factory=Counter)   # of orig_data_size, mem_used_total
+    stats: dict = field(default_factory=dict)         # the last .zsfs/stats sampled in the run
     seconds: float = 0.0
     entries: int = 0
 
@@ -1399,6 +1402,7 @@ def run_model(zroot: str, troot: str, *, seed: int, ops: int, procs: int, plan: 
     if compacting:
         result.compactions = compacting.runs
         result.peaks = compacting.peaks
+        result.stats = compacting.last
         if compacting.errors:
             failures.append(f"writing .zsfs/compact failed: {compacting.errors[:3]}")
     if failures:
@@ -1421,16 +1425,25 @@ def run_model(zroot: str, troot: str, *, seed: int, ops: int, procs: int, plan: 
 
 def check_memory_returned(zroot: str, troot: str, timeout: float = 15.0) -> str | None:
     """Remove everything; zsfs must then hold no data, no chunks and (after a
-    compaction) no allocator memory. Returns a problem or None."""
+    compaction) no allocator memory, but for the pages of the one recompression
+    dictionary it may keep while it is the current one (where zsfs has recompression).
+    Returns a problem or None."""
     _clear(troot, frozenset())
     _clear(zroot, frozenset({CONTROL_NAME}))
     keys = ("orig_data_size", "staged_data_size", "mem_reserved", "chunks", "files",
-            "compr_data_size", "mem_used_total")
+            "compr_data_size", "mem_used_total", "dictionary_chunks")
     deadline = time.monotonic() + timeout
     compacted = False
     while True:
         s = read_stats(zroot)
         left = {k: s.get(k) for k in keys if s.get(k)}
+        dictionaries = s.get("dictionaries", 0)
+        if dictionaries > 1:
+            left["dictionaries"] = dictionaries     # retired ones must go with their chunks
+        elif dictionaries:
+            pages = -(-int(s.get("dictionary_bytes", 0)) // 4096)
+            if left.get("mem_used_total", 0) <= pages * 4096:
+                left.pop("mem_used_total", None)
         if not left:
             return None
         if not compacted and set(left) <= {"mem_used_total"}:
