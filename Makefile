@@ -75,13 +75,15 @@ install: $(STAGE)/.stamp
 	sed 's|^ExecStart=zsfs |ExecStart=$(BINDIR)/zsfs |' systemd/zsfs@.service \
 		> $(DESTDIR)$(UNITDIR)/zsfs@.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/zsfs@.service
+	install -m 644 systemd/zsfs-prometheus.service systemd/zsfs-prometheus.timer $(DESTDIR)$(UNITDIR)/
 	install -m 644 systemd/zsfs-tmp.mount $(DESTDIR)$(SHAREDIR)/zsfs-tmp.mount
 	@echo "installed zsfs and zsfsctl in $(DESTDIR)$(BINDIR)"
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/zsfs $(DESTDIR)$(BINDIR)/zsfsctl
 	rm -f $(DESTDIR)$(MANDIR)/zsfs.8 $(DESTDIR)$(MANDIR)/zsfsctl.8
-	rm -f $(DESTDIR)$(UNITDIR)/zsfs@.service
+	rm -f $(DESTDIR)$(UNITDIR)/zsfs@.service $(DESTDIR)$(UNITDIR)/zsfs-prometheus.service \
+		$(DESTDIR)$(UNITDIR)/zsfs-prometheus.timer
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(SHAREDIR)
 
 # `make bench`: zsfs, tmpfs and ext4 on zram side by side (tools/bench, issue 5). Builds the

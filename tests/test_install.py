@@ -33,6 +33,8 @@ NOBODY, NOGROUP = 65534, 65534
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INSTALLED = ["bin/zsfs", "bin/zsfsctl", "share/man/man8/zsfs.8", "share/man/man8/zsfsctl.8",
              "lib/systemd/system/zsfs@.service", "share/zsfs/zsfs-tmp.mount",
+             "lib/systemd/system/zsfs-prometheus.service",
+             "lib/systemd/system/zsfs-prometheus.timer",
              "lib/zsfs/zsfs/cli.py", "lib/zsfs/zsfs/ctl.py", "lib/zsfs/pyfuse3",
              "lib/zsfs/trio", "lib/zsfs/zstandard"]
 
@@ -133,8 +135,10 @@ def test_installed_zsfs_works_with_mount_fstab_man_and_systemd(destdir, tmp_path
         man -w zsfs zsfsctl
         mkdir {units}
         cp /usr/local/lib/systemd/system/zsfs@.service {units}/zsfs@mnt-x.service
+        cp /usr/local/lib/systemd/system/zsfs-prometheus.* {units}/
         (cd {units} && {verify.replace('/usr/local/lib/systemd/system/zsfs@.service',
-                                       'zsfs@mnt-x.service')})
+                                       'zsfs@mnt-x.service zsfs-prometheus.service '
+                                       'zsfs-prometheus.timer')})
         umount {a}
         umount {b}
         echo done

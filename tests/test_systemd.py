@@ -125,10 +125,17 @@ def test_no_notify_socket_no_messages(mount_zsfs):
 
 
 def _verify(paths: list[Path], cwd: Path) -> subprocess.CompletedProcess:
+    """systemd-analyze verify, with the repository's man pages on MANPATH (it checks
+    that each Documentation=man: page exists)."""
     if shutil.which("systemd-analyze") is None:
         skip_or_fail("systemd-analyze is not installed")
+    man8 = cwd / "manpath" / "man8"
+    man8.mkdir(parents=True, exist_ok=True)
+    for page in (REPO / "man").glob("*.8"):
+        shutil.copy(page, man8)
+    env = dict(os.environ, MANPATH=f"{cwd / 'manpath'}:")
     return subprocess.run(["systemd-analyze", "verify", *map(str, paths)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 def installed_units(tmp_path: Path, zsfs: str) -> list[Path]:
@@ -140,7 +147,10 @@ def installed_units(tmp_path: Path, zsfs: str) -> list[Path]:
     service.write_text(text.replace("\nExecStart=zsfs ", f"\nExecStart={zsfs} "))
     mount = tmp_path / "tmp.mount"
     shutil.copy(UNITS / "zsfs-tmp.mount", mount)
-    return [service, mount]
+    scrape = [tmp_path / "zsfs-prometheus.service", tmp_path / "zsfs-prometheus.timer"]
+    for unit in scrape:
+        shutil.copy(UNITS / unit.name, unit)
+    return [service, mount, *scrape]
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path):
@@ -160,3 +170,20 @@ def test_verify_catches_a_broken_unit(tmp_path):
     r = _verify(units[:1], tmp_path)
     assert r.returncode != 0
     assert "/nonexistent/zsfs" in r.stderr and "notifyy" in r.stderr
+
+
+def test_prometheus_service_writes_the_textfile(mount_zsfs, tmp_path):
+    m = mount_zsfs()
+    (m / "f").write_text("scraped")
+    unit = (UNITS / "zsfs-prometheus.service").read_text()
+    [command] = [ln[len("ExecStart="):] for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    assert command.startswith("/bin/sh -c '") and command.endswith("'")
+    textfiles = tmp_path / "node-exporter"
+    env = dict(os.environ, TEXTFILE_DIR=str(textfiles),
+               PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    subprocess.run(["/bin/sh", "-c", command[len("/bin/sh -c '"):-1]], env=env, check=True,
+                   timeout=60)
+    assert [p.name for p in textfiles.iterdir()] == ["zsfs.prom"]     # no temporary left
+    text = (textfiles / "zsfs.prom").read_text()
+    assert f'zsfs_up{{mountpoint="{m.path}",fsname="zsfs"}} 1' in text
+    assert f'zsfs_files{{mountpoint="{m.path}",fsname="zsfs"}} 1' in text
