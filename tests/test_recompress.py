@@ -19,7 +19,7 @@ from zsfs import chunkstore, recompress, staging
 from zsfs.chunkstore import (RAW_SEEN, STAGED, ZSTD_DICT, ZSTD_SEEN, ChunkMap, ChunkStore,
                              entry_kind, entry_length, entry_payload, entry_tag)
 from zsfs.codec import FILL_WORD, Codec, Dictionary, DictionaryError, Encoding
-from zsfs.recompress import NotEnoughData, Recompressor, Versions
+from zsfs.recompress import NoRoom, NotEnoughData, Recompressor, Versions
 from zsfs.zsmalloc import Pool, PoolFull
 
 CHUNK = 16384
@@ -442,8 +442,9 @@ async def test_a_dictionary_that_does_not_fit_under_mem_limit_is_not_used(monkey
     assert store.versions.dictionaries == 0 and store.pool.reserved_pages == 0
     check_models(store, files)
     check_counters(store, [c for c, _ in files])
-    with pytest.raises(NotEnoughData):
+    with pytest.raises(NoRoom):
         await rc.retrain()
+    assert store.versions.dictionaries == 0
 
 
 # -- dictionaries: versions, retraining, freeing --------------------------------------------
@@ -712,3 +713,113 @@ async def test_changing_the_idle_age_applies_to_the_wait_under_way(autojump_cloc
         await until(lambda: set(kinds(cmap)) == {ZSTD_SEEN})
         assert started[0] < 2           # not after the 60 s it was waiting for
         nursery.cancel_scope.cancel()
+
+
+# -- a random workload with recompression forced on -------------------------------------------
+
+async def chaos(store: ChunkStore, rc: Recompressor, rng: random.Random, stop: trio.Event,
+                counts: dict) -> None:
+    """Passes asked for, new levels, the dictionary off, on and retrained, compactions:
+    all while the writer goes on."""
+    while not stop.is_set():
+        op = rng.random()
+        if op < 0.3:
+            await rc.recompress(idle_only=rng.random() < 0.5)
+            counts["passes"] += 1
+        elif op < 0.45:
+            rc.level = rng.choice([3, 6, 9])
+        elif op < 0.6:
+            rc.dictionary = not rc.dictionary
+        elif op < 0.8:
+            try:
+                await rc.retrain()
+                counts["retrains"] += 1
+            except (NotEnoughData, NoRoom):
+                pass
+        else:
+            store.pool.compact()
+        counts["dictionary_chunks"] = max(counts["dictionary_chunks"],
+                                          store.versions.dictionary_chunks)
+        await trio.sleep(rng.choice([0, 0.001, 0.01]))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed, monkeypatch):
+    monkeypatch.setattr(recompress, "DICT_MIN_DATA", 32 << 10)
+    monkeypatch.setattr(recompress, "MIN_SCAN_SECONDS", 0.005)
+    monkeypatch.setattr(recompress, "BATCH_BYTES", 64 << 10)     # more batches, more races
+    monkeypatch.setattr(staging, "GATHER_SECONDS", 0)
+    store, tree = make_store(), FakeTree()
+    rng = random.Random(seed)
+    files = []
+    for f in range(4):
+        cmap, model = ChunkMap(), bytearray()
+        node = tree.add(cmap, age=3600)
+        files.append([cmap, model, node])
+    for cmap, model, _ in files:                    # enough to train on
+        data = text(12 * CHUNK, seed=seed * 10 + len(model))
+        await store.write(cmap, 0, data)
+        model_write(model, 0, data)
+    rc = Recompressor(store, tree, idle_age=0.01, level=6, dictionary=True)
+    lengths = [1, 100, 3000, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17]
+    counts = {"passes": 0, "retrains": 0, "dictionary_chunks": 0}
+    stop = trio.Event()
+    with trio.fail_after(HANG * 2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            nursery.start_soon(rc.run)
+            nursery.start_soon(chaos, store, rc, random.Random(seed + 100), stop, counts)
+            for step in range(400):
+                i = rng.randrange(len(files))
+                cmap, model, node = files[i]
+                op = rng.random()
+                if op < 0.55:
+                    offset = rng.choice([0, rng.randrange(3 * CHUNK), rng.randrange(12 * CHUNK)])
+                    length = rng.choice(lengths)
+                    data = rng.choice([lambda: text(length, seed=step),
+                                       lambda: os.urandom(length),
+                                       lambda: b"\xab" * length, lambda: bytes(length)])()
+                    assert await store.write(cmap, offset, data) == length
+                    model_write(model, offset, data)
+                elif op < 0.75:
+                    size = rng.choice([0, rng.randrange(len(model) + 1),
+                                       len(model) + rng.randrange(2 * CHUNK)])
+                    await store.truncate(cmap, size)
+                    model_truncate(model, size)
+                elif op < 0.8:
+                    store.release(cmap)
+                    new = ChunkMap()
+                    node.data = new
+                    files[i] = [new, bytearray(), node]
+                elif op < 0.85:
+                    await store.flush()
+                if rng.random() < 0.2:
+                    await trio.sleep(rng.choice([0.001, 0.01]))   # let passes run
+                else:
+                    await trio.sleep(0)
+                for cmap, model, _ in files:
+                    assert read_all(store, cmap, len(model)) == model, f"step {step}"
+                cmap, model, _ = files[rng.randrange(len(files))]
+                if len(model) > 1:
+                    at = rng.randrange(len(model))
+                    n = rng.choice([rng.randrange(1, 3 * CHUNK), chunkstore.PARALLEL_READ_BYTES])
+                    want = bytes(model[at:at + n]).ljust(n, b"\0")
+                    assert await store.read_parallel(cmap, at, n) == want, f"step {step}"
+            stop.set()
+            await store.flush()
+            await rc.recompress(idle_only=False)
+            nursery.cancel_scope.cancel()
+    for cmap, model, _ in files:
+        assert read_all(store, cmap, len(model)) == model
+    check_counters(store, [c for c, _, _ in files])
+    # the run did what it is for
+    assert counts["passes"] >= 2 and rc.passes_background > 0
+    assert store.recompressed_chunks > 0 and counts["dictionary_chunks"] > 0
+    assert counts["retrains"] > 0
+    for cmap, _, _ in files:
+        store.release(cmap)
+    versions = store.versions
+    assert store.chunks == 0 and versions.dictionary_chunks == 0
+    assert versions.versions == 1 and versions.dictionaries <= 1
+    assert store.pool.stats().objects == 0
+    assert store.pool.reserved_pages == versions.dictionary_pages

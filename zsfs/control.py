@@ -44,7 +44,7 @@ from .arena import PAGE_SIZE
 from .chunkstore import ChunkStore
 from .compactor import Compactor
 from .options import OptionError, parse_value
-from .recompress import NotEnoughData, Recompressor
+from .recompress import NoRoom, NotEnoughData, Recompressor
 from .requests import RequestStats
 from .tree import Tree
 from .zsmalloc import FULLNESS_LABELS, Pool, PoolStats
@@ -56,6 +56,11 @@ CONTROL_DIR_INO = CONTROL_BASE
 
 def _einval(what: str) -> OSError:
     return OSError(errno.EINVAL, f"invalid value for {what}")
+
+
+def _decimal_text(x: float) -> str:
+    """A decimal as the option parser takes it back (no exponent: 2592000, 0.25)."""
+    return f"{x:.6f}".rstrip("0").rstrip(".")
 
 
 def process_rss() -> int:
@@ -110,7 +115,7 @@ class Control:
         if recompressor is not None:
             specs += [
                 ("recompress", None, self._recompress),
-                ("recompress_idle", lambda: f"{recompressor.idle_age:g}\n",
+                ("recompress_idle", lambda: f"{_decimal_text(recompressor.idle_age)}\n",
                  self._set_recompress_idle),
                 ("recompress_level", lambda: f"{recompressor.level}\n",
                  self._set_recompress_level),
@@ -220,6 +225,8 @@ class Control:
                 await self.recompressor.retrain()
             except NotEnoughData:
                 raise OSError(errno.ENODATA, "too little data to train a dictionary") from None
+            except NoRoom:
+                raise OSError(errno.ENOSPC, "no room for a dictionary under mem_limit") from None
         else:
             self.recompressor.dictionary = bool(self._parse("dictionary", text))
 

@@ -216,6 +216,10 @@ class NotEnoughData(Exception):
     """There is too little data to train a dictionary from."""
 
 
+class NoRoom(Exception):
+    """A new dictionary does not fit under mem_limit."""
+
+
 def _decode_samples(codec: Codec, sources: list[tuple], limit: int) -> list[bytes]:
     contents = []
     total = 0
@@ -337,11 +341,11 @@ class Recompressor:
 
         Raises:
             NotEnoughData: zstd cannot train one from what the mount holds.
+            NoRoom: the dictionary does not fit under mem_limit.
         """
         async with self._lock:
             self._dictionary = True
-            if not await self._train():
-                raise NotEnoughData("too little data to train a dictionary")
+            await self._train()
 
     # -- the background task --------------------------------------------------------
 
@@ -457,34 +461,37 @@ class Recompressor:
             return
         current = self.store.versions.current.dictionary
         if current is None or dictionary_size(held) >= REGROW * current.size:
-            await self._train()
+            try:
+                await self._train()
+            except (NotEnoughData, NoRoom) as e:
+                log.info("no new dictionary: %s", e)
 
-    async def _train(self) -> bool:
-        """Train a dictionary from a sample of the mount's chunks and make it current."""
+    async def _train(self) -> None:
+        """Train a dictionary from a sample of the mount's chunks and make it current.
+
+        Raises NotEnoughData or NoRoom (then nothing changes, and training is tried
+        again only once the data has doubled).
+        """
         store = self.store
         held = store.pool.obj_bytes
         sources = await self._sample()
         try:
             dictionary = await trio.to_thread.run_sync(
                 _train, sources, dictionary_size(held), abandon_on_cancel=True)
-        except DictionaryError as e:
-            log.info("no dictionary: zstd could not train one from %d chunks (%s)",
-                     len(sources), e)
-            self._failed_training_at = max(held, 1)
-            return False
-        if not self._dictionary:           # turned off while training
-            return False
-        try:
+            if not self._dictionary:           # turned off while training
+                return
             store.versions.switch(store.versions.current.level, dictionary)
-        except PoolFull:
-            log.info("no dictionary: its %d bytes do not fit under mem_limit",
-                     dictionary.memory)
+        except DictionaryError as e:
             self._failed_training_at = max(held, 1)
-            return False
+            raise NotEnoughData(f"zstd could not train a dictionary from {len(sources)} "
+                                f"chunks ({e})") from None
+        except PoolFull:
+            self._failed_training_at = max(held, 1)
+            raise NoRoom(f"a dictionary of {dictionary.memory} bytes does not fit under "
+                         f"mem_limit") from None
         self._failed_training_at = 0
         log.info("trained a dictionary of %d bytes from %d chunks", dictionary.size,
                  len(sources))
-        return True
 
     async def _sample(self) -> list[tuple]:
         """Up to SAMPLE_CHUNKS chunks drawn uniformly from every file (reservoir
