@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -96,8 +97,9 @@ def test_replay_command_and_option_plans():
 def test_tools_fsmodel_replays_a_seed():
     """tools/fsmodel mounts on its own, runs a seed and exits 0 (a tiny run)."""
     tool = os.path.join(os.path.dirname(__file__), "..", "tools", "fsmodel")
-    r = subprocess.run([tool, "--seed", "3", "--ops", "150", "--procs", "2", "-o",
-                        "chunk_size=4k"], capture_output=True, text=True, timeout=120)
+    # This interpreter, not the script's #!: the venv's python is not on PATH in CI.
+    r = subprocess.run([sys.executable, tool, "--seed", "3", "--ops", "150", "--procs", "2",
+                        "-o", "chunk_size=4k"], capture_output=True, text=True, timeout=600)
     if r.returncode and "cannot mount" in r.stdout + r.stderr:
         skip_or_fail("cannot mount a tmpfs or zsfs for tools/fsmodel")
     assert r.returncode == 0, r.stdout + r.stderr
