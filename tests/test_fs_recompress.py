@@ -104,6 +104,8 @@ def test_recompress_all_keeps_every_byte_and_saves_memory(mount):
     check(files)
     for path in files:
         os.unlink(path)
+    # (an unlinked file's chunks go when the kernel forgets the inode: soon, not at once)
+    assert wait_for(lambda: istats(m)["chunks"] == 0, timeout=10)
     s4 = istats(m)
     assert s4["chunks"] == s4["dictionary_chunks"] == s4["orig_data_size"] == 0
     assert s4["dictionaries"] == 1                # the current one stays
@@ -321,7 +323,8 @@ def test_random_operations_match_tmpfs_with_recompression_forced(mount_zsfs, tmp
     assert r.ops == 800 * 3
     # the run did what it is for
     assert churn.done.get("recompress=all", 0) >= 3, churn.done
-    assert churn.done.get("dictionary=retrain", 0) >= 1, churn.done
     assert r.stats.get("recompressed_chunks", 0) > 0, r.stats
     if plan.enospc:
         assert r.counts["enospc"] + r.counts["short_write"] >= 5, dict(r.counts)
+    else:       # (under mem_limit, retraining may find no room every time)
+        assert churn.done.get("dictionary=retrain", 0) >= 1, churn.done

@@ -701,9 +701,9 @@ async def test_changing_the_idle_age_applies_to_the_wait_under_way(autojump_cloc
     started = []
     real_pass = rc._pass
 
-    async def recorded(idle_only):
+    async def recorded(idle_only, **kw):
         started.append(trio.current_time())
-        return await real_pass(idle_only)
+        return await real_pass(idle_only, **kw)
 
     rc._pass = recorded
     async with trio.open_nursery() as nursery:
@@ -762,7 +762,11 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
         model_write(model, 0, data)
     rc = Recompressor(store, tree, idle_age=0.01, level=6, dictionary=True)
     lengths = [1, 100, 3000, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17]
-    counts = {"passes": 0, "retrains": 0, "dictionary_chunks": 0}
+    counts = {"passes": 1, "retrains": 1, "dictionary_chunks": 0}
+    await store.flush()
+    await rc.retrain()                              # dictionary chunks from the start
+    await rc.recompress(idle_only=False)
+    assert store.versions.dictionary_chunks > 0
     stop = trio.Event()
     with trio.fail_after(HANG * 2):
         async with trio.open_nursery() as nursery:

@@ -29,8 +29,18 @@ giving up (zram's reason for compaction in the first place). Every new object is
 allocated before the old one is freed. ``flush()`` (fsync) waits until what was
 staged before it is stored.
 
+Idle recompression (recompress.py schedules it) replaces a stored chunk's object
+with a smaller one made at a stronger level, maybe with a dictionary: its worker
+thread works on *copies* of objects (``Recoding``), and ``commit_recompressed``
+stores a result only if the chunk's entry and its object's bytes are still those
+that were copied, so whatever happened meanwhile (a write, a truncate, a free, a
+compaction, a handle reused) just makes the result stale. Like the compressors'
+commits, it changes how a chunk is held, never what it holds: a write that read a
+chunk's content before an ``await`` may use it after.
+
 Concurrency: the store runs on the trio thread except for the compression of a
-batch (staging.py says which contents a thread may read and what that forbids).
+batch (staging.py says which contents a thread may read and what that forbids),
+recompression (on copies) and the decompression of large reads (on copies).
 Writes and truncates are serialized by one lock, since a write may ``await``
 (backpressure, compaction); reads are not, and need not be: they never await, so
 a read sees each chunk either before or after a change.

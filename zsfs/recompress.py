@@ -43,7 +43,8 @@ Dictionary training runs on a worker thread too, on a sample of at most
 ``SAMPLE_CHUNKS`` chunks (``SAMPLE_BYTES`` of content), copied out the same way.
 
 One pass runs at a time (a lock): the background task's, or one asked for through
-``.zsfs/recompress``, which waits for the one under way and then runs its own. A
+``.zsfs/recompress``, which waits for the one under way and then runs its own.
+A background pass compresses on one native thread, one asked for on two. A
 pass that replaced objects ends with a compaction (asked for: before returning;
 background: a kick to the compactor), since freeing old objects leaves holes in
 their zspages.
@@ -327,10 +328,13 @@ class Recompressor:
     # -- on demand ------------------------------------------------------------------
 
     async def recompress(self, idle_only: bool) -> int:
-        """One pass now, over idle files or all files; returns the objects replaced."""
+        """One pass now, over idle files or all files; returns the objects replaced.
+
+        Asked-for passes compress on two native threads, background ones on one.
+        """
         async with self._lock:
             with self._hold_compaction():
-                replaced = await self._pass(idle_only)
+                replaced = await self._pass(idle_only, threads=THREADS)
             self.passes_manual += 1
         if replaced and self._compact is not None:
             await self._compact()
@@ -367,7 +371,7 @@ class Recompressor:
             try:
                 async with self._lock:
                     with self._hold_compaction():
-                        replaced = await self._pass(idle_only=True)
+                        replaced = await self._pass(idle_only=True, threads=1)
                     self.passes_background += 1
                 if replaced and self._kick is not None:
                     self._kick()
@@ -390,7 +394,7 @@ class Recompressor:
             else:
                 yield n, cmap
 
-    async def _pass(self, idle_only: bool) -> int:
+    async def _pass(self, idle_only: bool, threads: int = 1) -> int:
         """Recompress what the current version has not seen, in batches; objects replaced.
 
         A dictionary is trained (if due) when the pass finds its first chunk to do.
@@ -419,10 +423,10 @@ class Recompressor:
                 jobs.append(job)
                 size += job.length
                 if size >= BATCH_BYTES:
-                    replaced += await self._batch(jobs)
+                    replaced += await self._batch(jobs, threads)
                     jobs, size = [], 0
         if jobs:
-            replaced += await self._batch(jobs)
+            replaced += await self._batch(jobs, threads)
         self._codec = None                 # its contexts (and dictionary) go with the pass
         return replaced
 
@@ -430,20 +434,20 @@ class Recompressor:
         while self.store.busy and not self._stopping:
             await trio.sleep(BUSY_WAIT)
 
-    def _codec_for(self, version: Version) -> Codec:
-        """The recompression codec of ``version``'s setting (kept while it is current)."""
+    def _codec_for(self, version: Version, threads: int) -> Codec:
+        """The recompression codec of ``version``'s setting (kept for the pass)."""
         codec = self._codec
-        if (codec is None or codec.level != version.level
+        if (codec is None or codec.level != version.level or codec.threads != threads
                 or codec.dictionary is not version.dictionary):
             codec = self._codec = Codec(version.level, self.store.pool.huge_class_size,
-                                        threads=THREADS, dictionary=version.dictionary)
+                                        threads=threads, dictionary=version.dictionary)
         return codec
 
-    async def _batch(self, jobs: list[Recoding]) -> int:
+    async def _batch(self, jobs: list[Recoding], threads: int) -> int:
         """Recompress ``jobs`` on a worker thread; commit what still applies."""
         store = self.store
         version = store.versions.current
-        codec = self._codec_for(version)
+        codec = self._codec_for(version, threads)
         results = await trio.to_thread.run_sync(codec.recode_many, [j.source for j in jobs])
         replaced = 0
         for job, (kind, payload) in zip(jobs, results):
