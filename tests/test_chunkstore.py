@@ -754,6 +754,22 @@ async def test_write_does_not_keep_a_view_of_the_callers_buffer():
     assert read_all(store, cmap, len(expected)) == expected
 
 
+def rewrite_during_every_compression(store: ChunkStore, monkeypatch, rewrite,
+                                     limit: int) -> None:
+    """The worst timing for a writer: each compression, while in its thread, first has
+    the trio thread run ``rewrite()`` (``limit`` times in all)."""
+    runs = 0
+    for codec in store.queue._idle_codecs:
+        def racing(chunks, encode_many=codec.encode_many):
+            nonlocal runs
+            if runs < limit:
+                runs += 1
+                trio.from_thread.run(rewrite)
+            return encode_many(chunks)
+
+        monkeypatch.setattr(codec, "encode_many", racing)
+
+
 async def test_flush_returns_while_a_writer_keeps_rewriting_its_chunks(monkeypatch):
     """fsync must not wait for a writer that keeps rewriting the chunks it waits for.
 
@@ -779,13 +795,7 @@ async def test_flush_returns_while_a_writer_keeps_rewriting_its_chunks(monkeypat
         assert await store.write(cmap, 0, data) == size
         model_write(model, 0, data)
 
-    for codec in store.queue._idle_codecs:
-        def racing(chunks, encode_many=codec.encode_many):
-            if rewrites < limit:
-                trio.from_thread.run(rewrite)
-            return encode_many(chunks)
-
-        monkeypatch.setattr(codec, "encode_many", racing)
+    rewrite_during_every_compression(store, monkeypatch, rewrite, limit)
     with trio.fail_after(HANG):
         await store.flush()
         assert rewrites == 1          # one batch: nothing written after the call counts
@@ -819,13 +829,7 @@ async def test_compressors_store_chunks_a_writer_keeps_rewriting(monkeypatch):
         assert await store.write(cmap, CHUNK // 2, data) == len(data)
         model_write(model, CHUNK // 2, data)
 
-    for codec in store.queue._idle_codecs:
-        def racing(chunks, encode_many=codec.encode_many):
-            if rewrites < limit:
-                trio.from_thread.run(rewrite)
-            return encode_many(chunks)
-
-        monkeypatch.setattr(codec, "encode_many", racing)
+    rewrite_during_every_compression(store, monkeypatch, rewrite, limit)
     with trio.fail_after(HANG):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run)
