@@ -827,3 +827,13 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
     assert versions.versions == 1 and versions.dictionaries <= 1
     assert store.pool.stats().objects == 0
     assert store.pool.reserved_pages == versions.dictionary_pages
+
+
+def test_levels_are_honoured_with_a_dictionary():
+    samples = [text(CHUNK, seed=s) for s in range(300)]
+    dictionary = Dictionary.train(samples, 32 << 10)
+    data = b"".join(b"%d,%d;" % (i, i * i) for i in range(3000))[:CHUNK]
+    fast = Codec(1, 1 << 20, dictionary=dictionary).encode(data)[1]
+    strong = Codec(19, 1 << 20, dictionary=dictionary).encode(data)[1]
+    assert len(strong) < len(fast)
+    assert Codec(1, 1 << 20).decompress(strong, dictionary) == data

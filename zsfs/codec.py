@@ -131,8 +131,14 @@ class Codec:
         if dictionary is None:
             self._compressor = zstandard.ZstdCompressor(level=level)
         else:
-            self._compressor = zstandard.ZstdCompressor(
-                level=level, dict_data=dictionary.zdict, write_dict_id=False)
+            # Digested once for this level and kept with the codec: given the plain
+            # dictionary, every multi-frame call digests it again (corpus, 1 MiB at
+            # level 6: 3x the CPU of the compression itself, 6x on two threads).
+            digested = zstandard.ZstdCompressionDict(dictionary.zdict.as_bytes(),
+                                                     dict_type=zstandard.DICT_TYPE_FULLDICT)
+            digested.precompute_compress(level=level)
+            self._compressor = zstandard.ZstdCompressor(dict_data=digested,
+                                                        write_dict_id=False)
         self._decompressor = zstandard.ZstdDecompressor()
         # A decoder per dictionary met, dropped with the dictionary.
         self._decoders: weakref.WeakKeyDictionary[Dictionary, zstandard.ZstdDecompressor] = (
