@@ -434,20 +434,23 @@ class Recompressor:
         while self.store.busy and not self._stopping:
             await trio.sleep(BUSY_WAIT)
 
-    def _codec_for(self, version: Version, threads: int) -> Codec:
-        """The recompression codec of ``version``'s setting (kept for the pass)."""
+    async def _codec_for(self, version: Version, threads: int) -> Codec:
+        """The recompression codec of ``version``'s setting (kept for the pass). Made on
+        a worker thread: digesting a 1 MiB dictionary takes 20 ms at level 6, 0.5 s at 19."""
         codec = self._codec
         if (codec is None or codec.level != version.level or codec.threads != threads
                 or codec.dictionary is not version.dictionary):
-            codec = self._codec = Codec(version.level, self.store.pool.huge_class_size,
-                                        threads=threads, dictionary=version.dictionary)
+            codec = self._codec = await trio.to_thread.run_sync(
+                Codec, version.level, self.store.pool.huge_class_size, threads,
+                version.dictionary)
         return codec
 
     async def _batch(self, jobs: list[Recoding], threads: int) -> int:
-        """Recompress ``jobs`` on a worker thread; commit what still applies."""
+        """Recompress ``jobs`` on a worker thread; commit what still applies (a setting
+        changed meanwhile makes every result stale)."""
         store = self.store
         version = store.versions.current
-        codec = self._codec_for(version, threads)
+        codec = await self._codec_for(version, threads)
         results = await trio.to_thread.run_sync(codec.recode_many, [j.source for j in jobs])
         replaced = 0
         for job, (kind, payload) in zip(jobs, results):
