@@ -520,7 +520,9 @@ class Recompressor:
                     if k < SAMPLE_CHUNKS:
                         picked[k] = (cmap, idx)
         sources = []
-        for cmap, idx in picked:          # no await from here: the entries are current
+        for n, (cmap, idx) in enumerate(picked):   # each copy reads the entry as it is now
+            if n % SCAN_SLICE == SCAN_SLICE - 1:
+                await trio.sleep(0)
             job = self.store.training_source(cmap, idx)
             if job is not None:
                 sources.append(job.source)
