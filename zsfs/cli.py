@@ -270,4 +270,4 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ready = (lambda: None) if foreground else _daemonize()
     log.info("mounted on %s", mountpoint)
-    return _serve(ops, mountpoint, ready, ops.compactor.stop)
+    return _serve(ops, mountpoint, ready, ops.stop_long_work)

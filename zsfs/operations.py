@@ -141,6 +141,13 @@ class Operations(pyfuse3.Operations):
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
+    def stop_long_work(self) -> None:
+        """Unmounting: end a compaction or recompression pass under way at its next
+        slice, so that a stop signal is not held up by ``echo all > recompress``."""
+        self.compactor.stop()
+        if self.recompressor is not None:
+            self.recompressor.stop()
+
     # -- attributes ------------------------------------------------------------------
 
     def _attr(self, inode: Inode) -> EntryAttributes:
