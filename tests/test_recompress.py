@@ -22,6 +22,11 @@ from zsfs.codec import FILL_WORD, Codec, Dictionary, DictionaryError, Encoding
 from zsfs.recompress import NoRoom, NotEnoughData, Recompressor, Versions
 from zsfs.zsmalloc import Pool, PoolFull
 
+try:
+    from test_chunkstore import model_truncate, model_write
+except ImportError:  # tests/ imported as a package
+    from tests.test_chunkstore import model_truncate, model_write
+
 CHUNK = 16384
 HANG = 60
 PAGE = 4096
@@ -60,19 +65,6 @@ class FakeTree:
     def add(self, cmap: ChunkMap, age: float = 3600.0) -> Node:
         node = self.inodes[len(self.inodes) + 1] = Node(cmap, age)
         return node
-
-
-def model_write(model: bytearray, offset: int, data: bytes) -> None:
-    if len(model) < offset + len(data):
-        model.extend(bytes(offset + len(data) - len(model)))
-    model[offset:offset + len(data)] = data
-
-
-def model_truncate(model: bytearray, size: int) -> None:
-    if size < len(model):
-        del model[size:]
-    else:
-        model.extend(bytes(size - len(model)))
 
 
 def kinds(cmap: ChunkMap) -> list[int]:
