@@ -59,12 +59,21 @@ class Node:
 
 
 class FakeTree:
+    """What the recompressor walks: ``Tree.chunk_maps`` over a list of nodes."""
+
     def __init__(self) -> None:
-        self.inodes: dict[int, Node] = {}
+        self.nodes: list[Node] = []
 
     def add(self, cmap: ChunkMap, age: float = 3600.0) -> Node:
-        node = self.inodes[len(self.inodes) + 1] = Node(cmap, age)
+        node = Node(cmap, age)
+        self.nodes.append(node)
         return node
+
+    def chunk_maps(self, changed_before: int | None = None):
+        for node in list(self.nodes):
+            changed = max(node.mtime_ns, node.ctime_ns)
+            idle = changed_before is None or changed < changed_before
+            yield node.data if len(node.data) and idle else None
 
 
 def kinds(cmap: ChunkMap) -> list[int]:

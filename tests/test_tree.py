@@ -25,48 +25,52 @@ def errno_of(fn, *args) -> int:
 
 
 def names(tree: Tree, ino: int, after: int = 0) -> list[bytes]:
-    return [name for name, _, _ in tree.list_dir(tree.get(ino), after)]
+    return [name for name, _, _ in tree.list_dir(ino, after)]
 
 
 def test_names_and_their_errors():
     tree = make_tree()
     f = tree.create(ROOT_INODE, b"f", FILE, 0, 0)
     d = tree.create(ROOT_INODE, b"d", DIR, 0, 0)
-    assert tree.lookup(ROOT_INODE, b"f") is f
-    assert tree.lookup(d.ino, b"..") is tree.get(ROOT_INODE)
+    assert tree.lookup(ROOT_INODE, b"f") == f
+    assert tree.lookup(d, b"..") == ROOT_INODE and tree.lookup(d, b".") == d
     assert errno_of(tree.create, ROOT_INODE, b"f", FILE, 0, 0) == errno.EEXIST
     assert errno_of(tree.create, ROOT_INODE, b"x" * 256, FILE, 0, 0) == errno.ENAMETOOLONG
     assert errno_of(tree.lookup, ROOT_INODE, b"x" * 256) == errno.ENAMETOOLONG
     assert errno_of(tree.lookup, ROOT_INODE, b"missing") == errno.ENOENT
-    assert errno_of(tree.lookup, f.ino, b"x") == errno.ENOTDIR
+    assert errno_of(tree.lookup, f, b"x") == errno.ENOTDIR
     assert errno_of(tree.unlink, ROOT_INODE, b"d") == errno.EISDIR
     assert errno_of(tree.rmdir, ROOT_INODE, b"f") == errno.ENOTDIR
-    assert errno_of(tree.link, d.ino, ROOT_INODE, b"d2") == errno.EPERM
-    tree.create(d.ino, b"inner", FILE, 0, 0)
+    assert errno_of(tree.link, d, ROOT_INODE, b"d2") == errno.EPERM
+    tree.create(d, b"inner", FILE, 0, 0)
     assert errno_of(tree.rmdir, ROOT_INODE, b"d") == errno.ENOTEMPTY
-    assert tree.create(ROOT_INODE, b"y" * 255, FILE, 0, 0).nlink == 1
+    assert tree.stat(tree.create(ROOT_INODE, b"y" * 255, FILE, 0, 0)).nlink == 1
+    assert errno_of(tree.stat, 12345) == errno.ENOENT
+
+
+def nlink(tree: Tree, ino: int) -> int:
+    return tree.stat(ino).nlink
 
 
 def test_link_counts():
     tree = make_tree()
-    root = tree.get(ROOT_INODE)
     a = tree.create(ROOT_INODE, b"a", DIR, 0, 0)
-    tree.create(a.ino, b"b", DIR, 0, 0)
-    assert (root.nlink, a.nlink) == (3, 3)
-    f = tree.create(a.ino, b"f", FILE, 0, 0)
-    tree.link(f.ino, ROOT_INODE, b"f2")
-    assert f.nlink == 2
-    tree.unlink(a.ino, b"f")
-    assert f.nlink == 1 and tree.lookup(ROOT_INODE, b"f2") is f
-    tree.rename(a.ino, b"b", ROOT_INODE, b"b")
-    assert (root.nlink, a.nlink) == (4, 2)
+    tree.create(a, b"b", DIR, 0, 0)
+    assert (nlink(tree, ROOT_INODE), nlink(tree, a)) == (3, 3)
+    f = tree.create(a, b"f", FILE, 0, 0)
+    tree.link(f, ROOT_INODE, b"f2")
+    assert nlink(tree, f) == 2
+    tree.unlink(a, b"f")
+    assert nlink(tree, f) == 1 and tree.lookup(ROOT_INODE, b"f2") == f
+    tree.rename(a, b"b", ROOT_INODE, b"b")
+    assert (nlink(tree, ROOT_INODE), nlink(tree, a)) == (4, 2)
 
 
 def test_setgid_directories_pass_on_their_group():
     tree = make_tree()
     shared = tree.create(ROOT_INODE, b"shared", DIR | stat.S_ISGID, 0, 50)
-    f = tree.create(shared.ino, b"f", FILE, 1000, 1000)
-    sub = tree.create(shared.ino, b"sub", DIR, 1000, 1000)
+    f = tree.stat(tree.create(shared, b"f", FILE, 1000, 1000))
+    sub = tree.stat(tree.create(shared, b"sub", DIR, 1000, 1000))
     assert f.gid == 50 and sub.gid == 50 and sub.mode & stat.S_ISGID and not f.mode & stat.S_ISGID
 
 
@@ -74,7 +78,7 @@ def test_readdir_cookies_survive_creates_and_deletes():
     tree = make_tree()
     for i in range(100):
         tree.create(ROOT_INODE, b"f%03d" % i, FILE, 0, 0)
-    listing = list(tree.list_dir(tree.get(ROOT_INODE), 0))
+    listing = list(tree.list_dir(ROOT_INODE, 0))
     assert [n for n, _, _ in listing[:2]] == [b".", b".."]
     cookie_after_50 = listing[2 + 50][2]
     for i in range(0, 50):                       # delete what was already listed
@@ -90,36 +94,36 @@ def test_rename_rules():
     tree = make_tree()
     d1 = tree.create(ROOT_INODE, b"d1", DIR, 0, 0)
     d2 = tree.create(ROOT_INODE, b"d2", DIR, 0, 0)
-    tree.create(d2.ino, b"x", FILE, 0, 0)
+    tree.create(d2, b"x", FILE, 0, 0)
     f = tree.create(ROOT_INODE, b"f", FILE, 0, 0)
     g = tree.create(ROOT_INODE, b"g", FILE, 0, 0)
     assert errno_of(tree.rename, ROOT_INODE, b"d1", ROOT_INODE, b"d2") == errno.ENOTEMPTY
     assert errno_of(tree.rename, ROOT_INODE, b"f", ROOT_INODE, b"d1") == errno.EISDIR
     assert errno_of(tree.rename, ROOT_INODE, b"d1", ROOT_INODE, b"f") == errno.ENOTDIR
-    assert errno_of(tree.rename, ROOT_INODE, b"d2", d2.ino, b"in") == errno.EINVAL
+    assert errno_of(tree.rename, ROOT_INODE, b"d2", d2, b"in") == errno.EINVAL
     assert errno_of(tree.rename, ROOT_INODE, b"f", ROOT_INODE, b"g", RENAME_NOREPLACE) == errno.EEXIST
     assert errno_of(tree.rename, ROOT_INODE, b"f", ROOT_INODE, b"zz", RENAME_EXCHANGE) == errno.ENOENT
     assert errno_of(tree.rename, ROOT_INODE, b"f", ROOT_INODE, b"g",
                     RENAME_NOREPLACE | RENAME_EXCHANGE) == errno.EINVAL
     tree.rename(ROOT_INODE, b"f", ROOT_INODE, b"d1", RENAME_EXCHANGE)
-    assert tree.lookup(ROOT_INODE, b"d1") is f and tree.lookup(ROOT_INODE, b"f") is d1
+    assert tree.lookup(ROOT_INODE, b"d1") == f and tree.lookup(ROOT_INODE, b"f") == d1
     tree.rename(ROOT_INODE, b"g", ROOT_INODE, b"d1")      # replaces f, which had one name
-    assert tree.lookup(ROOT_INODE, b"d1") is g and f.ino not in tree.inodes
+    assert tree.lookup(ROOT_INODE, b"d1") == g and f not in tree.table
     tree.rename(ROOT_INODE, b"d1", ROOT_INODE, b"d1")     # same entry: nothing happens
-    assert tree.lookup(ROOT_INODE, b"d1") is g
+    assert tree.lookup(ROOT_INODE, b"d1") == g
 
 
 async def test_unlinked_open_files_live_until_closed_and_forgotten():
     tree = make_tree()
     f = tree.remember(tree.create(ROOT_INODE, b"f", FILE, 0, 0))
-    tree.open(f.ino)
+    tree.open(f)
     assert await tree.write(f, 0, b"data" * 10000) == 40000
     tree.unlink(ROOT_INODE, b"f")
-    assert f.nlink == 0 and await tree.read(f, 0, 4) == b"data"
+    assert nlink(tree, f) == 0 and await tree.read(f, 0, 4) == b"data"
     tree.close(f)
-    assert f.ino in tree.inodes                  # the kernel still knows it
-    tree.forget(f.ino, 1)
-    assert f.ino not in tree.inodes and tree.store.pool.pages_used == 0
+    assert f in tree.table                       # the kernel still knows it
+    tree.forget(f, 1)
+    assert f not in tree.table and tree.store.pool.pages_used == 0
 
 
 def test_nr_inodes_limit():
@@ -150,11 +154,147 @@ def test_readdir_resumes_after_stale_cookies_are_pruned():
     tree = make_tree()
     for i in range(1000):
         tree.create(ROOT_INODE, b"n%04d" % i, FILE, 0, 0)
-    listing = list(tree.list_dir(tree.get(ROOT_INODE), 0))
+    listing = list(tree.list_dir(ROOT_INODE, 0))
     resume_at = listing[2 + 500][2]            # the cookie of n0500
     for i in range(1000):
         if i % 10:                             # delete nine in ten, on both sides
             tree.unlink(ROOT_INODE, b"n%04d" % i)
-    assert len(tree.get(ROOT_INODE).directory.cookies) < 300   # stale cookies were pruned
+    assert len(tree.table.node[ROOT_INODE]._cookies) < 300   # stale cookies were pruned
     assert names(tree, ROOT_INODE, resume_at) == [b"n%04d" % i for i in range(510, 1000, 10)]
     assert names(tree, ROOT_INODE)[2:] == [b"n%04d" % i for i in range(0, 1000, 10)]
+
+
+def test_inode_numbers_are_reused_and_the_table_shrinks_back():
+    tree = make_tree()
+    inos = [tree.create(ROOT_INODE, b"f%05d" % i, FILE, 0, 0) for i in range(5000)]
+    assert inos == list(range(2, 5002))            # dense: slot numbers
+    full = tree.table.memory()
+    tree.unlink(ROOT_INODE, b"f00100")
+    assert tree.create(ROOT_INODE, b"again", FILE, 0, 0) == inos[100]   # a freed number
+    for i in range(5000):
+        if i != 100:
+            tree.unlink(ROOT_INODE, b"f%05d" % i)
+    tree.unlink(ROOT_INODE, b"again")
+    assert tree.inode_count == 1 and len(tree.table) <= 2 + 1024
+    assert tree.table.memory() < full / 2
+    f = tree.create(ROOT_INODE, b"new", FILE, 0, 0)
+    assert tree.stat(f).nlink == 1 and tree.lookup(ROOT_INODE, b"new") == f
+
+
+def test_a_reused_number_starts_clean():
+    tree = make_tree(acl=True)
+    f = tree.create(ROOT_INODE, b"f", FILE, 5, 6)
+    tree.set_xattr(f, b"user.a", b"1")
+    tree.set_attributes(f, atime_ns=1, mtime_ns=2)
+    tree.unlink(ROOT_INODE, b"f")
+    g = tree.create(ROOT_INODE, b"g", stat.S_IFLNK | 0o777, 0, 0, target=b"t")
+    assert g == f
+    s = tree.stat(g)
+    assert (s.uid, s.gid, s.size, s.stored_bytes, s.nlink) == (0, 0, 1, 0, 1)
+    assert s.atime_ns == s.mtime_ns == s.ctime_ns > 2
+    assert tree.list_xattrs(g) == [] and tree.readlink(g) == b"t"
+    assert tree.extra_bytes == tree._extra_bytes(g)
+
+
+async def test_an_empty_file_has_no_chunk_map_until_it_gets_data():
+    tree = make_tree()
+    f = tree.create(ROOT_INODE, b"f", FILE, 0, 0)
+    assert tree.table.node[f] is None
+    await tree.set_size(f, 100000)                  # a hole needs no map either
+    assert tree.table.node[f] is None and await tree.read(f, 99990, 100) == bytes(10)
+    await tree.set_size(f, 0)
+    assert await tree.write(f, 5, b"x") == 1
+    assert tree.table.node[f] is not None and await tree.read(f, 0, 10) == bytes(5) + b"x"
+    assert errno_of(tree.readlink, f) == errno.EINVAL
+    d = tree.create(ROOT_INODE, b"d", DIR, 0, 0)
+    with pytest.raises(OSError) as e:
+        await tree.set_size(d, 0)
+    assert e.value.errno == errno.EISDIR
+
+
+def test_devices_keep_their_number():
+    tree = make_tree()
+    dev = tree.create(ROOT_INODE, b"null", stat.S_IFCHR | 0o666, 0, 0, rdev=0x103)
+    fifo = tree.create(ROOT_INODE, b"fifo", stat.S_IFIFO | 0o666, 0, 0)
+    assert (tree.stat(dev).rdev, tree.stat(fifo).rdev) == (0x103, 0)
+    assert tree.stats().special == 2
+
+
+def test_timestamps_beyond_64_bit_nanoseconds_are_clamped():
+    tree = make_tree()
+    f = tree.create(ROOT_INODE, b"f", FILE, 0, 0)
+    tree.set_attributes(f, atime_ns=-(1 << 70), mtime_ns=1 << 70)
+    s = tree.stat(f)
+    assert (s.atime_ns, s.mtime_ns) == (-(1 << 63), (1 << 63) - 1)
+    tree.set_attributes(f, atime_ns=-5, mtime_ns=5 * 10**18)
+    assert tree.stat(f)[8:10] == (-5, 5 * 10**18)
+
+
+def test_hard_links_in_one_directory_are_listed_once_per_name():
+    tree = make_tree()
+    f = tree.create(ROOT_INODE, b"a", FILE, 0, 0)
+    tree.link(f, ROOT_INODE, b"b")
+    listing = [(name, ino) for name, ino, _ in tree.list_dir(ROOT_INODE, 2)]
+    assert listing == [(b"a", f), (b"b", f)]
+    tree.rename(ROOT_INODE, b"a", ROOT_INODE, b"b")     # same inode: nothing happens
+    assert names(tree, ROOT_INODE, 2) == [b"a", b"b"]
+
+
+def test_exchange_keeps_each_names_cookie():
+    tree = make_tree()
+    a = tree.create(ROOT_INODE, b"a", DIR, 0, 0)
+    b = tree.create(ROOT_INODE, b"b", FILE, 0, 0)
+    before = list(tree.list_dir(ROOT_INODE, 2))
+    tree.rename(ROOT_INODE, b"a", ROOT_INODE, b"b", RENAME_EXCHANGE)
+    assert list(tree.list_dir(ROOT_INODE, 2)) == [(n, {a: b, b: a}[i], c) for n, i, c in before]
+
+
+def test_chunk_maps_walk_skips_what_has_no_data_or_changed_lately():
+    import time
+    tree = make_tree()
+    empty = tree.create(ROOT_INODE, b"empty", FILE, 0, 0)
+    old = tree.create(ROOT_INODE, b"old", FILE, 0, 0)
+    new = tree.create(ROOT_INODE, b"new", FILE, 0, 0)
+    for ino in (old, new):
+        tree.table.node[ino] = cmap = tree._chunk_map(ino)
+        cmap[0] = 1
+    tree.set_attributes(old, mtime_ns=1, ctime_ns=1)
+    cutoff = time.time_ns() - 10**9
+    maps = list(tree.chunk_maps(cutoff))
+    assert len(maps) == len(tree.table) - 1
+    assert [m is not None for m in maps][empty - 1:new] == [False, True, False]
+    assert sum(m is not None for m in tree.chunk_maps()) == 2
+    tree.table.node[old].clear()
+    tree.table.node[new].clear()
+
+
+def test_metadata_bytes_follow_what_python_allocates():
+    import tracemalloc
+    tree = make_tree()
+    d = tree.create(ROOT_INODE, b"d", DIR, 0, 0)
+    tree.create(d, b"warm", FILE, 0, 0)
+    before_meta = tree.metadata_bytes()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20000):
+            tree.create(d, b"file-%06d.txt" % i, FILE, 1000, 1000)
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = tree.metadata_bytes() - before_meta
+    assert 0.8 < counted / traced < 1.25, (counted, traced)
+
+
+def test_directory_prunes_and_gives_back_its_dict():
+    from zsfs.directory import Directory
+    directory = Directory(1)
+    for i in range(10000):
+        directory.add(b"n%05d" % i, i + 2)
+    big = directory.memory()
+    for i in range(9990):
+        assert directory.remove(b"n%05d" % i) == i + 2
+    assert directory.memory() < big / 20
+    assert [n for n, _, _ in directory.entries_after(0)] == [b"n%05d" % i for i in range(9990, 10000)]
+    with pytest.raises(KeyError):
+        directory.remove(b"n00001")

@@ -15,6 +15,9 @@ Choices that shape the request stream (see README, "Performance"):
   reaches the ``write(2)`` that caused it rather than a later ``close(2)``;
 * control files are opened with direct I/O, so every read sees fresh values.
 
+The file handle of an open tree inode is its inode number (the tree counts opens),
+so a READ or WRITE needs no table of open files.
+
 Lookup counts: ``lookup``, ``create``, ``mknod``, ``mkdir``, ``symlink``, ``link``
 and each readdirplus entry other than ``.`` and ``..`` add one; ``forget`` takes
 them away. The control directory's inodes are static and not counted.
@@ -42,7 +45,7 @@ from .credentials import Caller
 from .options import MountOptions
 from .recompress import Recompressor
 from .requests import RequestStats
-from .tree import NAME_MAX, ROOT_INODE, Inode, Tree
+from .tree import NAME_MAX, ROOT_INODE, Tree
 from .zsmalloc import Pool
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 TIMEOUT = 300.0
 BLOCK_SIZE = 1 << 20           # st_blksize: makes cp(1) and friends use 1 MiB requests
 CONTROL_COOKIE = 1 << 62       # .zsfs is listed last in the root directory
+CONTROL_FH = 1 << 62           # file handles of control files start here; a tree
+                               # inode's file handle is its inode number
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -127,8 +132,8 @@ class Operations(pyfuse3.Operations):
         self.compactor = compactor
         self.recompressor = recompressor
         self.requests = control.requests
-        self._open: dict[int, Inode | _ControlHandle] = {}
-        self._next_fh = 1
+        self._control_open: dict[int, _ControlHandle] = {}
+        self._next_fh = CONTROL_FH
 
     async def serve(self) -> None:
         """Serve requests until unmounted, with the background compactor, compressors
@@ -150,20 +155,21 @@ class Operations(pyfuse3.Operations):
 
     # -- attributes ------------------------------------------------------------------
 
-    def _attr(self, inode: Inode) -> EntryAttributes:
+    def _attr(self, ino: int) -> EntryAttributes:
+        s = self.tree.stat(ino)
         a = EntryAttributes()
-        a.st_ino = inode.ino
-        a.st_mode = inode.mode
-        a.st_nlink = inode.nlink + (inode.ino == ROOT_INODE)   # .zsfs is a subdirectory
-        a.st_uid = inode.uid
-        a.st_gid = inode.gid
-        a.st_rdev = inode.rdev
-        a.st_size = inode.size
+        a.st_ino = ino
+        a.st_mode = s.mode
+        a.st_nlink = s.nlink + (ino == ROOT_INODE)   # .zsfs is a subdirectory
+        a.st_uid = s.uid
+        a.st_gid = s.gid
+        a.st_rdev = s.rdev
+        a.st_size = s.size
         a.st_blksize = BLOCK_SIZE
-        a.st_blocks = (inode.data.stored_bytes + 511) // 512 if inode.data is not None else 0
-        a.st_atime_ns = inode.atime_ns
-        a.st_mtime_ns = inode.mtime_ns
-        a.st_ctime_ns = inode.ctime_ns
+        a.st_blocks = (s.stored_bytes + 511) // 512
+        a.st_atime_ns = s.atime_ns
+        a.st_mtime_ns = s.mtime_ns
+        a.st_ctime_ns = s.ctime_ns
         a.entry_timeout = TIMEOUT
         a.attr_timeout = TIMEOUT
         return a
@@ -182,9 +188,9 @@ class Operations(pyfuse3.Operations):
         a.attr_timeout = 0
         return a
 
-    def _named(self, inode: Inode) -> EntryAttributes:
+    def _named(self, ino: int) -> EntryAttributes:
         """Attributes of an inode the kernel now holds one more reference to."""
-        return self._attr(self.tree.remember(inode))
+        return self._attr(self.tree.remember(ino))
 
     def _check_writable_dir(self, parent: int, name: bytes | None = None) -> None:
         """EPERM for changes inside .zsfs or to the name .zsfs itself."""
@@ -197,7 +203,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> EntryAttributes:
         if parent_inode == CONTROL_DIR_INO:
             if name == b"..":
-                return self._named(self.tree.get(ROOT_INODE))
+                return self._named(ROOT_INODE)
             ino = CONTROL_DIR_INO if name == b"." else self.control.lookup(name)
             return self._control_attr(ino)
         if parent_inode == ROOT_INODE and name == CONTROL_NAME:
@@ -228,7 +234,7 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> EntryAttributes:
         if self.control.owns(inode):
             return self._control_attr(inode)
-        return self._attr(self.tree.get(inode))
+        return self._attr(inode)
 
     @handler
     async def setattr(self, inode: int, attr: EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -239,13 +245,12 @@ class Operations(pyfuse3.Operations):
                     fields.update_mode or fields.update_uid or fields.update_gid):
                 return self._control_attr(inode)
             raise FUSEError(errno.EPERM)
-        node = self.tree.get(inode)
-        gid = node.gid
+        gid = self.tree.stat(inode).gid
         if fields.update_size:
-            await self.tree.set_size(node, attr.st_size)
+            await self.tree.set_size(inode, attr.st_size)
             self.compactor.kick()
         self.tree.set_attributes(
-            node,
+            inode,
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
@@ -256,15 +261,12 @@ class Operations(pyfuse3.Operations):
         if not (fields.update_atime or fields.update_mtime):
             # A chmod, chown, truncate or a write's privilege kill (which arrives with
             # no field at all when the kernel found nothing it clears itself).
-            self.tree.kill_set_group_id(node, Caller.of(ctx), gid)
-        return self._attr(node)
+            self.tree.kill_set_group_id(inode, Caller.of(ctx), gid)
+        return self._attr(inode)
 
     @handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self.tree.get(inode)
-        if node.target is None:
-            raise FUSEError(errno.EINVAL)
-        return node.target
+        return self.tree.readlink(inode)
 
     @handler
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -287,7 +289,7 @@ class Operations(pyfuse3.Operations):
         return self._named(self._create(parent_inode, name, mode, ctx, target=target))
 
     def _create(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
-                **kwargs: Any) -> Inode:
+                **kwargs: Any) -> int:
         if parent == ROOT_INODE and name == CONTROL_NAME:
             raise FUSEError(errno.EEXIST)
         return self.tree.create(parent, name, mode, ctx.uid, ctx.gid, umask=ctx.umask,
@@ -324,52 +326,50 @@ class Operations(pyfuse3.Operations):
 
     # -- files -------------------------------------------------------------------------
 
-    def _new_fh(self, target: Inode | _ControlHandle) -> int:
+    def _control_fh(self, ino: int, content: bytes) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._open[fh] = target
+        self._control_open[fh] = _ControlHandle(ino, content)
         return fh
 
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> FileInfo:
         if self.control.owns(inode):
             content = b"" if flags & os.O_ACCMODE == os.O_WRONLY else self.control.render(inode)
-            return FileInfo(fh=self._new_fh(_ControlHandle(inode, content)), direct_io=True)
-        node = self.tree.get(inode)
-        if flags & os.O_TRUNC and node.data is not None:
+            return FileInfo(fh=self._control_fh(inode, content), direct_io=True)
+        if flags & os.O_TRUNC and self.tree.is_file(inode):
             # libfuse negotiates atomic O_TRUNC, so truncation is ours to do, and so is
             # clearing set-ID bits: the kernel drops the SETATTR that would have.
-            await self.tree.set_size(node, 0)
+            await self.tree.set_size(inode, 0)
             self.compactor.kick()
             # The kernel's cached mode needs no notification: an O_TRUNC open marks
             # the size stale, so the next stat, and the read exec starts with, fetch
             # all attributes again (measured: test_fs_security's O_TRUNC exec test).
-            self.tree.kill_set_id(node, Caller.of(ctx))
-        return FileInfo(fh=self._new_fh(self.tree.open(inode)))
+            self.tree.kill_set_id(inode, Caller.of(ctx))
+        self.tree.open(inode)
+        return FileInfo(fh=inode)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[FileInfo, EntryAttributes]:
         self._check_writable_dir(parent_inode)
         mode = stat.S_IFREG | stat.S_IMODE(mode)
-        node = self._create(parent_inode, name, mode, ctx)
-        fh = self._new_fh(self.tree.open(node.ino))
-        return FileInfo(fh=fh), self._named(node)
+        ino = self._create(parent_inode, name, mode, ctx)
+        self.tree.open(ino)
+        return FileInfo(fh=ino), self._named(ino)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
-        target = self._open[fh]
-        if isinstance(target, _ControlHandle):
-            return target.content[off:off + size]
-        return await self.tree.read(target, off, size)
+        if fh >= CONTROL_FH:
+            return self._control_open[fh].content[off:off + size]
+        return await self.tree.read(fh, off, size)
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        target = self._open[fh]
-        if isinstance(target, _ControlHandle):
-            await self.control.write(target.ino, buf)
+        if fh >= CONTROL_FH:
+            await self.control.write(self._control_open[fh].ino, buf)
             return len(buf)
-        return await self.tree.write(target, off, buf)
+        return await self.tree.write(fh, off, buf)
 
     @handler
     async def flush(self, fh: int) -> None:
@@ -377,9 +377,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def release(self, fh: int) -> None:
-        target = self._open.pop(fh)
-        if isinstance(target, Inode):
-            self.tree.close(target)
+        if fh >= CONTROL_FH:
+            del self._control_open[fh]
+        else:
+            self.tree.close(fh)
             self.compactor.kick()
 
     @handler
@@ -391,31 +392,27 @@ class Operations(pyfuse3.Operations):
     @handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if self.control.owns(inode):
-            return self._new_fh(_ControlHandle(inode, b""))
-        node = self.tree.open(inode)
-        if node.directory is None:
-            self.tree.close(node)
-            raise FUSEError(errno.ENOTDIR)
-        return self._new_fh(node)
+            return self._control_fh(inode, b"")
+        self.tree.open_dir(inode)
+        return inode
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        target = self._open[fh]
-        if isinstance(target, _ControlHandle):
+        if fh >= CONTROL_FH:
             self._readdir_control(start_id, token)
             return
-        for name, node, cookie in self.tree.list_dir(target, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), cookie):
+        for name, ino, cookie in self.tree.list_dir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self._attr(ino), cookie):
                 return
             if name not in (b".", b".."):
-                self.tree.remember(node)
-        if target.ino == ROOT_INODE and start_id < CONTROL_COOKIE:
+                self.tree.remember(ino)
+        if fh == ROOT_INODE and start_id < CONTROL_COOKIE:
             pyfuse3.readdir_reply(token, CONTROL_NAME, self._control_attr(CONTROL_DIR_INO),
                                   CONTROL_COOKIE)
 
     def _readdir_control(self, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = [(b".", self._control_attr(CONTROL_DIR_INO)),
-                   (b"..", self._attr(self.tree.get(ROOT_INODE)))]
+                   (b"..", self._attr(ROOT_INODE))]
         entries += [(f.name, self._control_attr(f.ino)) for f in self.control.files.values()]
         for cookie, (name, attr) in enumerate(entries[start_id:], start_id + 1):
             if not pyfuse3.readdir_reply(token, name, attr, cookie):
@@ -423,9 +420,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def releasedir(self, fh: int) -> None:
-        target = self._open.pop(fh)
-        if isinstance(target, Inode):
-            self.tree.close(target)
+        if fh >= CONTROL_FH:
+            del self._control_open[fh]
+        else:
+            self.tree.close(fh)
 
     @handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
@@ -451,7 +449,7 @@ class Operations(pyfuse3.Operations):
         s.f_blocks = store.capacity // PAGE_SIZE if store.capacity else used + free
         s.f_bfree = s.f_bavail = free
         s.f_files = tree.nr_inodes
-        s.f_ffree = s.f_favail = max(0, tree.nr_inodes - len(tree.inodes)) if tree.nr_inodes else 0
+        s.f_ffree = s.f_favail = max(0, tree.nr_inodes - tree.inode_count) if tree.nr_inodes else 0
         s.f_namemax = NAME_MAX
         return s
 
@@ -469,28 +467,28 @@ class Operations(pyfuse3.Operations):
         self._check_xattrs()
         if self.control.owns(inode):
             raise FUSEError(errno.EPERM)
-        self.tree.set_xattr(self.tree.get(inode), name, value, Caller.of(ctx))
+        self.tree.set_xattr(inode, name, value, Caller.of(ctx))
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         self._check_xattrs()
         if self.control.owns(inode):
             raise FUSEError(errno.ENODATA)
-        return self.tree.get_xattr(self.tree.get(inode), name)
+        return self.tree.get_xattr(inode, name)
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         self._check_xattrs()
         if self.control.owns(inode):
             return []
-        return self.tree.list_xattrs(self.tree.get(inode), Caller.of(ctx))
+        return self.tree.list_xattrs(inode, Caller.of(ctx))
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._check_xattrs()
         if self.control.owns(inode):
             raise FUSEError(errno.EPERM)
-        self.tree.remove_xattr(self.tree.get(inode), name)
+        self.tree.remove_xattr(inode, name)
 
 
 def build_operations(opts: MountOptions) -> Operations:

@@ -28,8 +28,8 @@ compressible chunk). A chunk that did not shrink keeps its object and only takes
 the new tag. Replacing allocates new before freeing old; at ``mem_limit`` the
 chunk is skipped.
 
-How the work is cut, and what runs where. A pass walks a snapshot of the tree's
-inodes on the trio thread, copies the objects of chunks that need recompression
+How the work is cut, and what runs where. A pass walks the tree's inode table
+on the trio thread, copies the objects of chunks that need recompression
 out of the arena until it has about ``BATCH_BYTES`` of content, and hands the
 batch to a worker thread, which decompresses and compresses again with its own
 zstd contexts (a Codec of the version's setting; python-zstandard drops the GIL).
@@ -244,8 +244,7 @@ class Recompressor:
 
     Args:
         store: whose chunks are recompressed (it does the chunk work).
-        tree: whose files are walked: its ``inodes`` and their ``data`` (ChunkMap),
-            ``mtime_ns`` and ``ctime_ns``.
+        tree: whose files are walked (``Tree.chunk_maps``).
         idle_age: seconds a file must be left alone; 0 turns the background off.
         level: the zstd level of recompression.
         dictionary: whether to train and use a dictionary.
@@ -383,16 +382,10 @@ class Recompressor:
     # -- passes ----------------------------------------------------------------------
 
     def _files(self, idle_only: bool) -> Iterable[tuple[int, ChunkMap | None]]:
-        """(index, chunk map) of the files a pass looks at, as the pass goes on."""
-        cutoff = time.time_ns() - int(self._idle_age * 1e9) if idle_only else None
-        for n, inode in enumerate(list(self.tree.inodes.values())):   # type: ignore[attr-defined]
-            cmap = inode.data
-            if cmap is None or not len(cmap):
-                yield n, None
-            elif cutoff is not None and max(inode.mtime_ns, inode.ctime_ns) > cutoff:
-                yield n, None
-            else:
-                yield n, cmap
+        """(index, chunk map) of the inodes a pass looks at, as the pass goes on: None
+        for those without data or, in an idle pass, changed within the idle age."""
+        cutoff = time.time_ns() - int(self._idle_age * 1e9) + 1 if idle_only else None
+        return enumerate(self.tree.chunk_maps(cutoff))    # type: ignore[attr-defined]
 
     async def _pass(self, idle_only: bool, threads: int = 1) -> int:
         """Recompress what the current version has not seen, in batches; objects replaced.
