@@ -473,6 +473,32 @@ def test_many_hard_links(mnt):
     assert read_file(mnt / "links" / "l999") == b"linked"
 
 
+def test_inode_numbers_stay_unique_while_freed_ones_are_reused(mnt):
+    """zsfs reuses the numbers of inodes gone for good (no name, not open, forgotten
+    by the kernel): a new file never gets the number of a live one, and an unlinked
+    file still open keeps its number and its data."""
+    d = mnt / "d"
+    d.mkdir()
+    with open(d / "open-unlinked", "w+b") as kept:
+        kept.write(b"still here")
+        kept.flush()
+        kept_ino = os.fstat(kept.fileno()).st_ino
+        os.unlink(d / "open-unlinked")
+        first = {i: touch(d / f"f{i}", b"f%d" % i).stat().st_ino for i in range(400)}
+        assert len(set(first.values()) | {kept_ino}) == 401
+        for i in range(0, 400, 2):
+            os.unlink(d / f"f{i}")
+        live = {first[i] for i in range(1, 400, 2)} | {kept_ino, d.stat().st_ino, mnt.stat().st_ino}
+        new = {i: touch(d / f"g{i}", b"g%d" % i).stat().st_ino for i in range(400)}
+        assert len(set(new.values())) == 400 and not set(new.values()) & live
+        for i in range(1, 400, 2):
+            assert read_file(d / f"f{i}") == b"f%d" % i and (d / f"f{i}").stat().st_ino == first[i]
+        for i in range(400):
+            assert read_file(d / f"g{i}") == b"g%d" % i
+        kept.seek(0)
+        assert kept.read() == b"still here" and os.fstat(kept.fileno()).st_ino == kept_ino
+
+
 def test_rename_over_open_and_linked_targets(mnt):
     a = touch(mnt / "a", b"new contents")
     b = touch(mnt / "b", b"old contents")
