@@ -1247,6 +1247,17 @@ def test_utime_nanosecond_roundtrip(mnt):
     assert abs(st.st_atime_ns - before) < 5 * 10**9
 
 
+def test_utime_beyond_64_bit_nanoseconds_is_clamped(mnt):
+    f = touch(mnt / "f")
+    os.utime(f, ns=((1 << 63) - 1, -(1 << 63)))
+    st = os.stat(f)
+    assert (st.st_atime_ns, st.st_mtime_ns) == ((1 << 63) - 1, -(1 << 63))
+    os.utime(f, ns=(1 << 75, -(1 << 75)))          # year ~1.2 million: clamped
+    st = os.stat(f)
+    assert (st.st_atime_ns, st.st_mtime_ns) == ((1 << 63) - 1, -(1 << 63))
+    assert read_file(f) == b""
+
+
 def test_utime_pre_epoch(mnt):
     f = touch(mnt / "f")
     for at, mt in [(-1, -1), (-1_000_000_001, -86400 * 10**9 * 365 * 50 + 3)]:
