@@ -156,20 +156,20 @@ class Operations(pyfuse3.Operations):
     # -- attributes ------------------------------------------------------------------
 
     def _attr(self, ino: int) -> EntryAttributes:
-        s = self.tree.stat(ino)
+        _, mode, nlink, uid, gid, rdev, size, stored, atime, mtime, ctime = self.tree.stat(ino)
         a = EntryAttributes()
         a.st_ino = ino
-        a.st_mode = s.mode
-        a.st_nlink = s.nlink + (ino == ROOT_INODE)   # .zsfs is a subdirectory
-        a.st_uid = s.uid
-        a.st_gid = s.gid
-        a.st_rdev = s.rdev
-        a.st_size = s.size
+        a.st_mode = mode
+        a.st_nlink = nlink + (ino == ROOT_INODE)   # .zsfs is a subdirectory
+        a.st_uid = uid
+        a.st_gid = gid
+        a.st_rdev = rdev
+        a.st_size = size
         a.st_blksize = BLOCK_SIZE
-        a.st_blocks = (s.stored_bytes + 511) // 512
-        a.st_atime_ns = s.atime_ns
-        a.st_mtime_ns = s.mtime_ns
-        a.st_ctime_ns = s.ctime_ns
+        a.st_blocks = (stored + 511) // 512
+        a.st_atime_ns = atime
+        a.st_mtime_ns = mtime
+        a.st_ctime_ns = ctime
         a.entry_timeout = TIMEOUT
         a.attr_timeout = TIMEOUT
         return a

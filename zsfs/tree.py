@@ -48,6 +48,7 @@ RENAME_EXCHANGE = 2
 _RELATIME_NS = 24 * 3600 * 1_000_000_000
 _CHUNK_MAP_BYTES = sys.getsizeof(ChunkMap())
 _CHUNK_ENTRY_BYTES = sys.getsizeof(1 << 60) + 24     # the entry and (past one) its dict slot
+_new_tuple = tuple.__new__
 
 
 def fs_error(code: int, what: str = "") -> OSError:
@@ -189,9 +190,9 @@ class Tree:
             raise fs_error(errno.ENOENT, f"inode {ino}")
 
     def _directory(self, ino: int) -> Directory:
-        self.check(ino)
-        node = self.table.node[ino]
+        node = self.table.node[ino] if ino > 0 else None
         if not isinstance(node, Directory):
+            self.check(ino)
             raise fs_error(errno.ENOTDIR)
         return node
 
@@ -253,17 +254,20 @@ class Tree:
         self._maybe_free(ino)
 
     def stat(self, ino: int) -> Stat:
-        self.check(ino)
         t = self.table
+        mode = t.mode[ino] if 0 < ino < len(t.mode) else 0
+        if not mode:
+            raise fs_error(errno.ENOENT, f"inode {ino}")
         node = t.node[ino]
-        if isinstance(node, ChunkMap):
+        stored = rdev = 0
+        if node.__class__ is ChunkMap:
             stored = node.stored_bytes
-            rdev = 0
-        else:
-            stored = 0
-            rdev = node if isinstance(node, int) else 0
-        return Stat(ino, t.mode[ino], t.nlink[ino], t.uid[ino], t.gid[ino], rdev,
-                    t.size[ino], stored, t.atime_ns[ino], t.mtime_ns[ino], t.ctime_ns[ino])
+        elif node.__class__ is int:
+            rdev = node
+        # (tuple.__new__: a NamedTuple's own constructor costs as much as the rest)
+        return _new_tuple(Stat, (ino, mode, t.nlink[ino], t.uid[ino], t.gid[ino], rdev,
+                                 t.size[ino], stored, t.atime_ns[ino], t.mtime_ns[ino],
+                                 t.ctime_ns[ino]))
 
     def chunk_maps(self, changed_before: int | None = None) -> Iterator[ChunkMap | None]:
         """Each inode's chunk map as the walk gets to it, for recompression: None for
