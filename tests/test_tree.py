@@ -45,7 +45,11 @@ def test_names_and_their_errors():
     tree.create(d, b"inner", FILE, 0, 0)
     assert errno_of(tree.rmdir, ROOT_INODE, b"d") == errno.ENOTEMPTY
     assert tree.stat(tree.create(ROOT_INODE, b"y" * 255, FILE, 0, 0)).nlink == 1
-    assert errno_of(tree.stat, 12345) == errno.ENOENT
+    for missing in (0, -1, 12345):
+        assert errno_of(tree.stat, missing) == errno.ENOENT
+        assert errno_of(tree.lookup, missing, b"x") == errno.ENOENT
+        assert errno_of(tree.create, missing, b"x", FILE, 0, 0) == errno.ENOENT
+        assert errno_of(tree.get_xattr, missing, b"user.x") == errno.ENOENT
 
 
 def nlink(tree: Tree, ino: int) -> int:

@@ -190,7 +190,8 @@ class Tree:
             raise fs_error(errno.ENOENT, f"inode {ino}")
 
     def _directory(self, ino: int) -> Directory:
-        node = self.table.node[ino] if ino > 0 else None
+        nodes = self.table.node
+        node = nodes[ino] if 0 < ino < len(nodes) else None
         if not isinstance(node, Directory):
             self.check(ino)
             raise fs_error(errno.ENOTDIR)
