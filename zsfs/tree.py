@@ -581,6 +581,8 @@ class Tree:
             t.atime_ns[ino] = now
 
     async def write(self, ino: int, offset: int, data: bytes) -> int:
+        if not data:
+            return 0              # POSIX: no other result (the kernel sends none such)
         written = await self.store.write(self._chunk_map(ino), offset, data)
         t = self.table
         if offset + written > t.size[ino]:
