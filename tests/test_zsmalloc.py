@@ -14,7 +14,7 @@ import random
 import pytest
 
 from zsfs.arena import PAGE_SIZE
-from zsfs.zsmalloc import FULLNESS_LABELS, InvalidHandle, Pool, PoolFull
+from zsfs.zsmalloc import _ZSPAGE_SHIFT, FULLNESS_LABELS, InvalidHandle, Pool, PoolFull
 
 HANDLE = 4                 # bytes of header in every non-huge slot
 MIN_CLASS = 32
@@ -1297,6 +1297,71 @@ def test_compaction_spills_the_last_zspages_of_sparse_classes_into_larger_ones()
     for h in list(model):
         pool.free(h)
     assert pool.stats().pages_used == 0 and pool.stats().objects == 0
+
+
+def held_in(pool: Pool, handle: int):
+    """(the class holding ``handle``'s object, the class its size belongs to)."""
+    zspage = pool._zspages[pool._entry(handle) >> _ZSPAGE_SHIFT]
+    home = pool._class_lookup[(pool.size(handle) + pool._lookup_bias) // pool.delta]
+    return zspage.size_class, home
+
+
+def test_spilled_objects_go_home_where_deletions_left_room():
+    """Compactions that run while files are deleted spill again each time; spilled
+    objects keep their larger slots until the next compaction finds room for them in
+    their own class, where they go first."""
+    pool = small_pool(16384)
+    r = rnd(43)
+    model: dict[int, bytes] = {}
+    for size in range(100, 9000, 97):
+        for _ in range(r.randrange(3, 9)):
+            put(pool, model, size, r)
+    pool.compact()                               # spills each class's last zspage
+    spilled = [h for h in model if held_in(pool, h)[0] is not held_in(pool, h)[1]]
+    assert spilled and set(spilled) == pool._spilled
+    for h in [h for h in model if h not in pool._spilled][::3]:   # deletions make room
+        pool.free(h)
+        del model[h]
+    pool.compact()
+    home_again = [h for h in spilled if held_in(pool, h)[0] is held_in(pool, h)[1]]
+    assert home_again                              # some found room, and went home
+    assert not pool._spilled & set(home_again)
+    check_objects(pool, model)
+    check_stats(pool, model)
+    for h in list(pool._spilled)[:5]:              # freed while spilled: forgotten
+        pool.free(h)
+        del model[h]
+        assert h not in pool._spilled
+    for _ in range(100):                           # handles reused by new objects
+        put(pool, model, r.randrange(1, 9000), r)
+    pool.compact()
+    assert all(held_in(pool, h)[0] is not held_in(pool, h)[1] for h in pool._spilled)
+    check_objects(pool, model)
+    check_stats(pool, model)
+    for h in list(model):
+        pool.free(h)
+    assert not pool._spilled and pool.stats().pages_used == 0
+
+
+def test_compactions_during_deletions_end_near_one_compaction_at_the_end():
+    """The same deletions, with and without a compaction after every tenth of them:
+    spilled objects going home keeps the difference within a point (without it: 2.2
+    points, 94.4% against 96.6%)."""
+    sizes = [random.Random(s).choice([300, 1500, 2900, 4100, 5300, 7000, 8200, 11000])
+             + s % 97 for s in range(6000)]
+    doomed = set(random.Random(1).sample(range(len(sizes)), len(sizes) // 2))
+
+    def frag(every: int) -> float:
+        pool = small_pool(16384, mib=128)
+        handles = [pool.malloc(n) for n in sizes]
+        for k, i in enumerate(sorted(doomed)):
+            pool.free(handles[i])
+            if every and k % every == every - 1:
+                pool.compact()
+        pool.compact()
+        return pool.obj_bytes / (pool.pages_used * PAGE_SIZE)
+
+    assert frag(len(doomed) // 10) > frag(0) - 0.01
 
 
 def test_a_spill_is_all_or_nothing():

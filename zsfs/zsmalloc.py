@@ -30,7 +30,8 @@ class, moves objects from the emptiest zspage into the fullest one, updates thei
 handles and frees source zspages as they empty. That leaves up to one partly
 used zspage per class, which zsfs then *spills*: a slot of a larger class holds any
 smaller object, so those zspages empty into free slots larger classes hold anyway
-(the kernel stops at the per-class floor). It runs in bounded slices
+(the kernel stops at the per-class floor). Each compaction first moves objects
+spilled by earlier ones back into their own class where it has room again. It runs in bounded slices
 (``compact_steps``) so an event loop can serve requests between them.
 
 Bookkeeping lives in Python only per handle (8 bytes in an ``array``) and per
@@ -262,6 +263,7 @@ class Pool:
         self._free_handle = 0              # head of the freed-handle list
         self._zspages: list[ZsPage | None] = []
         self._free_zspage_ids = array("I")   # not a list: see Arena's free pages
+        self._spilled: set[int] = set()    # handles of objects spilled into a larger class
         self.obj_bytes = 0
         self._scattered_bytes = 0          # page arrays of non-contiguous zspages
         self.pages_compacted = 0
@@ -541,6 +543,8 @@ class Pool:
             entry = self._entry(handle)
         zspage = self._zspages[entry >> _ZSPAGE_SHIFT]
         cls = zspage.size_class
+        if self._spilled:
+            self._spilled.discard(handle)
         self._handles[handle] = self._free_handle << 1
         self._free_handle = handle
         self.obj_bytes -= (entry >> 1) & _LEN_MASK
@@ -573,10 +577,15 @@ class Pool:
         """Compact in slices: move at most ``budget`` objects, then yield pages freed.
 
         The pool is consistent at every yield, so malloc, free and read may run
-        between slices; each slice re-chooses its source and destination. Classes
-        are compacted one by one, largest first, as in the kernel; then what that
-        leaves is spilled (``_spill_zspage``).
+        between slices; each slice re-chooses its source and destination. Objects
+        spilled by earlier compactions go back to their own class first where it
+        has free slots (``_rehome``); classes are then compacted one by one,
+        largest first, as in the kernel; then what that leaves is spilled
+        (``_spill``).
         """
+        for freed, moved in self._rehome(budget):
+            self.pages_compacted += freed
+            yield freed
         for cls in reversed(self._classes):
             while cls.freeable():
                 freed, moved = self._compact_class(cls, budget)
@@ -656,6 +665,47 @@ class Pool:
             src.size_class.obj_used -= 1
             dst.size_class.obj_used += 1
 
+    def _rehome(self, budget: int) -> Iterator[tuple[int, int]]:
+        """Move spilled objects back into free slots of their own class: yields (pages
+        freed, objects moved) per slice of ``budget`` moves or ``8 * budget`` objects
+        looked at.
+
+        A spilled object would keep its larger slot until freed. When compactions run
+        while files are being deleted, each one spills again, and what they spilled
+        would add up: the corpus's chunks, half its files deleted with a full
+        compaction every 2,000 files and one at the end, end at 98.09% without
+        going home and 98.55% with it, where one compaction at the end alone gives
+        98.68%. Spilled handles are kept in a set (dropped when freed).
+        """
+        freed = moved = looked = 0
+        for handle in list(self._spilled):
+            looked += 1
+            if moved == budget or looked % (8 * budget) == 0:    # a slice's worth
+                yield freed, moved
+                freed = moved = 0
+            if handle not in self._spilled:       # freed since (maybe reused)
+                continue
+            entry = self._handles[handle]
+            src = self._zspages[entry >> _ZSPAGE_SHIFT]
+            home = self._class_lookup[(((entry >> 1) & _LEN_MASK) + self._lookup_bias)
+                                      // self.delta]
+            dst = next((z for g in reversed(home.fullness[1:_FULL]) for z in g), None)
+            if dst is None:
+                continue
+            self._spilled.discard(handle)
+            cls = src.size_class
+            cls.current = home.current = None
+            self._move(src, (entry >> _IDX_SHIFT) & _IDX_MASK, (handle << 1) | 1, dst)
+            self._regroup(home, dst)
+            if src.inuse:
+                self._regroup(cls, src)
+            else:
+                self._free_zspage(cls, src)
+                freed += cls.pages_per_zspage
+            moved += 1
+        if moved:
+            yield freed, moved
+
     def _spill(self, cls: SizeClass, budget: int) -> tuple[int, int]:
         """Empty the emptiest partly used zspage of ``cls`` into larger classes.
 
@@ -695,6 +745,7 @@ class Pool:
             n = min(dst_class.objs_per_zspage - dst.inuse, budget - moved)
             for idx, tag in itertools.islice(slots, n):
                 self._move(src, idx, tag, dst)
+                self._spilled.add(tag >> 1)
                 moved += 1
             self._regroup(dst_class, dst)
             if moved == budget or not src.inuse:
