@@ -354,9 +354,9 @@ class Tree:
         else:
             t.nlink[ino] = 1
             if fmt == stat.S_IFLNK:
-                t.node[ino] = target or b""
-                t.size[ino] = len(target or b"")
-                self.extra_bytes += self._extra_bytes(ino)
+                t.node[ino] = target = target or b""
+                t.size[ino] = len(target)
+                self.extra_bytes += sys.getsizeof(target)
             elif fmt in (stat.S_IFCHR, stat.S_IFBLK) and rdev:
                 t.node[ino] = rdev
         pdir.add(name, ino)
