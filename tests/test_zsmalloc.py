@@ -1140,7 +1140,7 @@ def test_worst_case_pages_is_the_longest_chain_up_to_a_size(max_size):
     longest = 0
     prev = 0
     for size in range(1, max_size + 1):
-        cls = pool._class_lookup[(size + pool._lookup_bias) // pool.delta]
+        cls = pool._class_lookup[pool._lookup_index(size)]
         assert size + cls.header <= cls.size                 # (the lookup we check against)
         longest = max(longest, cls.pages_per_zspage)
         wc = pool.worst_case_pages(size)
@@ -1262,16 +1262,23 @@ def test_malloc_reserved_of_more_than_reserved_raises_value_error():
     assert pool.size(h) == 100 and pool.reserved_pages == 0
 
 
+def sparse_classes(seed: int, fewest: int, most: int) -> tuple[Pool, random.Random,
+                                                                dict[int, bytes]]:
+    """A 16 KiB pool with ``fewest..most`` objects in each of many classes."""
+    pool = small_pool(16384)
+    r = rnd(seed)
+    model: dict[int, bytes] = {}
+    for size in range(100, 9000, 97):
+        for _ in range(r.randrange(fewest, most + 1)):
+            put(pool, model, size, r)
+    return pool, r, model
+
+
 def test_compaction_spills_the_last_zspages_of_sparse_classes_into_larger_ones():
     """Many classes with a few objects each: every class ends in one partly used
     zspage, which class-by-class compaction cannot free. Spilling moves their
     objects into free slots of larger classes and frees most of those pages."""
-    pool = small_pool(16384)
-    r = rnd(40)
-    model: dict[int, bytes] = {}
-    for size in range(100, 9000, 97):
-        for _ in range(r.randrange(1, 6)):
-            put(pool, model, size, r)
+    pool, r, model = sparse_classes(40, 1, 5)
     before = pool.stats()
     assert before.freeable == 0
     held_beyond_objects = before.mem_used - before.obj_bytes
@@ -1302,7 +1309,7 @@ def test_compaction_spills_the_last_zspages_of_sparse_classes_into_larger_ones()
 def held_in(pool: Pool, handle: int):
     """(the class holding ``handle``'s object, the class its size belongs to)."""
     zspage = pool._zspages[pool._entry(handle) >> _ZSPAGE_SHIFT]
-    home = pool._class_lookup[(pool.size(handle) + pool._lookup_bias) // pool.delta]
+    home = pool._class_lookup[pool._lookup_index(pool.size(handle))]
     return zspage.size_class, home
 
 
@@ -1310,12 +1317,7 @@ def test_spilled_objects_go_home_where_deletions_left_room():
     """Compactions that run while files are deleted spill again each time; spilled
     objects keep their larger slots until the next compaction finds room for them in
     their own class, where they go first."""
-    pool = small_pool(16384)
-    r = rnd(43)
-    model: dict[int, bytes] = {}
-    for size in range(100, 9000, 97):
-        for _ in range(r.randrange(3, 9)):
-            put(pool, model, size, r)
+    pool, r, model = sparse_classes(43, 3, 8)
     pool.compact()                               # spills each class's last zspage
     spilled = [h for h in model if held_in(pool, h)[0] is not held_in(pool, h)[1]]
     assert spilled and set(spilled) == pool._spilled

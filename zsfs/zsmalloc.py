@@ -31,8 +31,9 @@ handles and frees source zspages as they empty. That leaves up to one partly
 used zspage per class, which zsfs then *spills*: a slot of a larger class holds any
 smaller object, so those zspages empty into free slots larger classes hold anyway
 (the kernel stops at the per-class floor). Each compaction first moves objects
-spilled by earlier ones back into their own class where it has room again. It runs in bounded slices
-(``compact_steps``) so an event loop can serve requests between them.
+spilled by earlier ones back into their own class where it has room again. It
+runs in bounded slices (``compact_steps``) so an event loop can serve requests
+between them.
 
 Bookkeeping lives in Python only per handle (8 bytes in an ``array``) and per
 zspage (one small object); nothing is kept per free slot.
@@ -313,7 +314,7 @@ class Pool:
         """
         if not 0 < size <= self.max_object_size:
             raise ValueError(f"object size {size} outside 1..{self.max_object_size}")
-        cls = self._class_lookup[(size + self._lookup_bias) // self.delta]
+        cls = self._class_lookup[self._lookup_index(size)]
         zspage = cls.current
         if zspage is None or zspage.inuse == cls.objs_per_zspage:
             zspage = cls.current = self._zspage_with_room(cls)
@@ -342,6 +343,10 @@ class Pool:
             self._regroup(cls, zspage)
         return handle
 
+    def _lookup_index(self, size: int) -> int:
+        """Where ``size`` is in ``_class_lookup`` (and ``_worst_pages``)."""
+        return (size + self._lookup_bias) // self.delta
+
     def _zspage_with_room(self, cls: SizeClass) -> ZsPage:
         """The fullest zspage of ``cls`` that is not full, or a new one."""
         for group in reversed(cls.fullness[1:_FULL]):
@@ -368,7 +373,7 @@ class Pool:
         """
         if not 0 < size <= self.max_object_size:
             raise ValueError(f"object size {size} outside 1..{self.max_object_size}")
-        return self._worst_pages[(size + self._lookup_bias) // self.delta]
+        return self._worst_pages[self._lookup_index(size)]
 
     def reserve(self, pages: int) -> None:
         """Promise ``pages`` arena pages to allocations that will come later.
@@ -583,7 +588,7 @@ class Pool:
         largest first, as in the kernel; then what that leaves is spilled
         (``_spill``).
         """
-        for freed, moved in self._rehome(budget):
+        for freed in self._rehome(budget):
             self.pages_compacted += freed
             yield freed
         for cls in reversed(self._classes):
@@ -665,10 +670,9 @@ class Pool:
             src.size_class.obj_used -= 1
             dst.size_class.obj_used += 1
 
-    def _rehome(self, budget: int) -> Iterator[tuple[int, int]]:
-        """Move spilled objects back into free slots of their own class: yields (pages
-        freed, objects moved) per slice of ``budget`` moves or ``8 * budget`` objects
-        looked at.
+    def _rehome(self, budget: int) -> Iterator[int]:
+        """Move spilled objects back into free slots of their own class: yields the
+        pages freed per slice of ``budget`` moves or ``8 * budget`` objects looked at.
 
         A spilled object would keep its larger slot until freed. When compactions run
         while files are being deleted, each one spills again, and what they spilled
@@ -681,14 +685,13 @@ class Pool:
         for handle in list(self._spilled):
             looked += 1
             if moved == budget or looked % (8 * budget) == 0:    # a slice's worth
-                yield freed, moved
+                yield freed
                 freed = moved = 0
             if handle not in self._spilled:       # freed since (maybe reused)
                 continue
             entry = self._handles[handle]
             src = self._zspages[entry >> _ZSPAGE_SHIFT]
-            home = self._class_lookup[(((entry >> 1) & _LEN_MASK) + self._lookup_bias)
-                                      // self.delta]
+            home = self._class_lookup[self._lookup_index((entry >> 1) & _LEN_MASK)]
             dst = next((z for g in reversed(home.fullness[1:_FULL]) for z in g), None)
             if dst is None:
                 continue
@@ -704,7 +707,7 @@ class Pool:
                 freed += cls.pages_per_zspage
             moved += 1
         if moved:
-            yield freed, moved
+            yield freed
 
     def _spill(self, cls: SizeClass, budget: int) -> tuple[int, int]:
         """Empty the emptiest partly used zspage of ``cls`` into larger classes.
