@@ -906,6 +906,33 @@ async def test_parallel_reads_match_the_model():
     assert len(store._read_codecs) == 1          # one decoder served every read in turn
 
 
+async def test_reads_decode_runs_of_frames_only_across_whole_chunks():
+    """Frames of consecutive chunks decode as one stream; a chunk cut by a truncate
+    (its frame still holds the stale tail), a short chunk, a hole or a raw chunk
+    must end the stream, or the bytes after it would shift."""
+    store = make_store()
+    cmap, model = ChunkMap(), bytearray()
+    for idx in range(12):
+        model_write(model, idx * CHUNK, text(CHUNK, seed=idx))
+    await store.write(cmap, 0, bytes(model))
+    await store.flush()
+    await store.truncate(cmap, 3 * CHUNK + 500)         # chunk 3 keeps 500 of its bytes
+    model_truncate(model, 3 * CHUNK + 500)
+    for offset, data in [(4 * CHUNK, text(CHUNK, seed=40)), (5 * CHUNK, text(900, seed=41)),
+                         (6 * CHUNK, os.urandom(CHUNK)), (8 * CHUNK, text(2 * CHUNK, seed=42))]:
+        await store.write(cmap, offset, data)
+        model_write(model, offset, data)
+    await store.flush()
+    assert [entry_kind(cmap.get(i)) for i in range(10) if cmap.get(i) is not None] == [
+        Encoding.ZSTD] * 6 + [Encoding.RAW] + [Encoding.ZSTD] * 2
+    size = len(model)
+    for offset in range(0, size, 3001):
+        for length in (CHUNK + 1, 3 * CHUNK, chunkstore.PARALLEL_READ_BYTES, size):
+            want = bytes(model[offset:offset + length]).ljust(length, b"\0")
+            assert store.read(cmap, offset, length) == want
+            assert await store.read_parallel(cmap, offset, length) == want
+
+
 async def test_a_parallel_read_returns_what_was_there_when_it_began(monkeypatch):
     """While the thread decompresses, the file is freed, its pages reused and the pool
     compacted: the read's frames were copied out, so it still returns the old bytes."""
@@ -914,12 +941,12 @@ async def test_a_parallel_read_returns_what_was_there_when_it_began(monkeypatch)
     started, go = threading.Event(), threading.Event()
     codec = chunkstore.Codec(1, store.pool.huge_class_size)
 
-    def held(frames, dictionaries=None, decompress_many=codec.decompress_many):
+    def held(out, frames, dictionary=None, skip=0, decompress_into=codec.decompress_into):
         started.set()
         assert go.wait(30), "the test never let the decompression finish"
-        return decompress_many(frames, dictionaries)
+        return decompress_into(out, frames, dictionary, skip)
 
-    monkeypatch.setattr(codec, "decompress_many", held)
+    monkeypatch.setattr(codec, "decompress_into", held)
     store._read_codecs.append(codec)
     result = []
 

@@ -71,3 +71,27 @@ def test_levels_are_honoured():
     fast = Codec(-5, 1 << 20).encode(data)[1]
     strong = Codec(19, 1 << 20).encode(data)[1]
     assert len(strong) < len(fast)
+
+
+def lines(seed: int) -> bytes:
+    """15,000 compressible bytes, different for each seed."""
+    return b"".join(b"%d:%d " % (seed, j) for j in range(3000))[:15000]
+
+
+def test_decompress_into_reads_consecutive_frames_as_one_stream():
+    codec = Codec(level=1, raw_threshold=15000)
+    parts = [lines(i) for i in range(4)]
+    frames = b"".join(codec.encode(p)[1] for p in parts)
+    whole = b"".join(parts)
+    for skip, length in [(0, len(whole)), (0, 1), (7, 20000), (14999, 2), (30001, 29999)]:
+        out = bytearray(length)
+        codec.decompress_into(memoryview(out), frames, skip=skip)
+        assert out == whole[skip:skip + length]
+
+
+@pytest.mark.parametrize("skip, length", [(0, 60001), (60000, 1), (60001, 0)])
+def test_decompress_into_refuses_to_read_past_the_frames(skip, length):
+    codec = Codec(level=1, raw_threshold=15000)
+    frames = b"".join(codec.encode(lines(i))[1] for i in range(4))
+    with pytest.raises(ValueError, match="end before"):
+        codec.decompress_into(memoryview(bytearray(length)), frames, skip=skip)

@@ -184,11 +184,9 @@ def test_dictionary_frames_need_their_dictionary():
     assert len(frame) < len(plain.encode(data)[1])
     other = Codec(1, raw_threshold=15000)          # any codec reads it, given the dictionary
     assert other.decompress(frame, dictionary) == data
-    frames = [plain.encode(text(CHUNK, seed=s))[1] for s in range(3)]
-    mixed = [frames[0], frame, frames[1], frame, frames[2]]
-    out = other.decompress_many(mixed, [None, dictionary, None, dictionary, None])
-    assert [bytes(x) for x in out] == [text(CHUNK, seed=0), data, text(CHUNK, seed=1), data,
-                                       text(CHUNK, seed=2)]
+    out = bytearray(2 * CHUNK - 5)                   # and a stream of its frames
+    other.decompress_into(memoryview(out), frame + frame, dictionary, skip=5)
+    assert out == (data + data)[5:]
 
 
 def test_recode_many_drops_stale_tails_and_finds_fills():
@@ -592,12 +590,12 @@ async def test_a_parallel_read_keeps_a_dictionary_retired_meanwhile(monkeypatch)
     started, go = threading.Event(), threading.Event()
     codec = Codec(1, store.pool.huge_class_size)
 
-    def held(frames, dictionaries=None, decompress_many=codec.decompress_many):
+    def held(out, frames, dictionary=None, skip=0, decompress_into=codec.decompress_into):
         started.set()
         assert go.wait(30)
-        return decompress_many(frames, dictionaries)
+        return decompress_into(out, frames, dictionary, skip)
 
-    monkeypatch.setattr(codec, "decompress_many", held)
+    monkeypatch.setattr(codec, "decompress_into", held)
     store._read_codecs.append(codec)
     result = []
 

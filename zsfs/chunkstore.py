@@ -247,13 +247,24 @@ class Recoding:
         return self.frame, self.compressed, self.dictionary, entry_length(self.entry)
 
 
-def _scatter(out: bytearray, pieces: list[tuple[int, int, int, int]],
-             contents: list[Buffer]) -> None:
-    """Copy decompressed chunk contents into a read's buffer (see ``ChunkStore._gather``)."""
-    for (pos, in_chunk, n, held), content in zip(pieces, contents):
-        end = min(in_chunk + n, held)
-        if end > in_chunk:
-            out[pos:pos + end - in_chunk] = memoryview(content)[in_chunk:end]
+@dataclass(slots=True)
+class _Run:
+    """Frames of consecutive chunks a read decompresses as one stream (``ChunkStore._gather``)."""
+
+    pos: int                        # where its content goes in the read's buffer
+    skip: int                       # content of the first frame before the read's start
+    want: int                       # bytes of the read's buffer it fills
+    frames: list[Buffer]
+    dictionary: Dictionary | None
+
+
+Runs = list[tuple[int, int, int, bytes, Dictionary | None]]
+
+
+def _decompress_runs(codec: Codec, out: bytearray, runs: Runs) -> None:
+    view = memoryview(out)
+    for pos, skip, want, frames, dictionary in runs:
+        codec.decompress_into(view[pos:pos + want], frames, dictionary, skip)
 
 
 class ChunkStore:
@@ -335,9 +346,8 @@ class ChunkStore:
             content = self._content(entry)
             piece = bytes(content[in_chunk:in_chunk + length])
             return piece + bytes(length - len(piece)) if len(piece) < length else piece
-        out, pieces, frames, dictionaries = self._gather(cmap, offset, length, copy=False)
-        if pieces:
-            _scatter(out, pieces, self.codec.decompress_many(frames, dictionaries))
+        out, runs = self._gather(cmap, offset, length)
+        _decompress_runs(self.codec, out, runs)
         return out
 
     async def read_parallel(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
@@ -345,57 +355,62 @@ class ChunkStore:
 
         The event loop meanwhile serves other requests, among them the kernel's
         other read-ahead READs of the same file: with several in flight, both cores
-        decompress. The frames are copied out of the arena first, since compaction
-        may move objects while the thread works; a chunk written meanwhile is read
-        as it was when the read began.
+        decompress. ``_gather`` copies the frames out of the arena first, since
+        compaction may move objects while the thread works; a chunk written
+        meanwhile is read as it was when the read began.
         """
         if length < PARALLEL_READ_BYTES:
             return self.read(cmap, offset, length)
-        out, pieces, frames, dictionaries = self._gather(cmap, offset, length, copy=True)
-        if pieces:
+        out, runs = self._gather(cmap, offset, length)
+        if runs:
             codec = self._read_codecs.pop() if self._read_codecs else Codec(
                 self.codec.level, self.codec.raw_threshold)
             try:
-                contents = await trio.to_thread.run_sync(codec.decompress_many, frames,
-                                                         dictionaries)
+                await trio.to_thread.run_sync(_decompress_runs, codec, out, runs)
             finally:
                 self._read_codecs.append(codec)
-            _scatter(out, pieces, contents)
         return out
 
-    def _gather(self, cmap: ChunkMap, offset: int, length: int, copy: bool
-                ) -> tuple[bytearray, list[tuple[int, int, int, int]], list[Buffer],
-                           list[Dictionary | None]]:
+    def _gather(self, cmap: ChunkMap, offset: int, length: int) -> tuple[bytearray, Runs]:
         """A read's buffer, filled with every piece but the zstd chunks' (holes are zeros),
-        and those pieces (position in out, offset in chunk, bytes wanted, length held)
-        with their frames, copied out of the arena if ``copy``, and the frames'
-        dictionaries (a read on a worker thread holds them: a dictionary retired
-        meanwhile lives until the read is done)."""
+        and the runs of frames that fill the rest.
+
+        A run is (position in the buffer, bytes to skip, bytes to fill, frames joined,
+        dictionary): frames of consecutive chunks with one dictionary, which decode
+        as one stream because each but the last holds a whole chunk, read to its end.
+        Joining copies the frames out of the arena; a run holds its dictionary, so
+        one retired while a worker thread decodes lives until it is done.
+        """
         cs = self.chunk_size
         idx, in_chunk = divmod(offset, cs)
         out = bytearray(length)
-        pieces = []
-        frames: list[Buffer] = []
-        dictionaries: list[Dictionary | None] = []
+        runs: list[_Run] = []
+        run: _Run | None = None     # the run the next chunk's frame may extend
         pos = 0
         get = cmap.get
         while pos < length:
             n = min(cs - in_chunk, length - pos)
             entry = get(idx)
-            if entry is None:
-                pass
-            elif entry_kind(entry) in _FRAMES:
-                pieces.append((pos, in_chunk, n, entry_length(entry)))
-                frame = self.pool.read(entry_payload(entry))
-                frames.append(bytes(frame) if copy else frame)
-                dictionaries.append(self._dictionary(entry))
+            if entry is not None and entry_kind(entry) in _FRAMES:
+                held = entry_length(entry)
+                dictionary = self._dictionary(entry)
+                if run is None or run.dictionary is not dictionary:
+                    run = _Run(pos, in_chunk, 0, [], dictionary)
+                    runs.append(run)
+                run.frames.append(self.pool.read(entry_payload(entry)))
+                run.want = pos - run.pos + max(0, min(n, held - in_chunk))
+                if held < cs:       # what follows in the buffer is not in its frame
+                    run = None
             else:
-                piece = self._content(entry)[in_chunk:in_chunk + n]
-                out[pos:pos + len(piece)] = piece
+                run = None
+                if entry is not None:
+                    piece = self._content(entry)[in_chunk:in_chunk + n]
+                    out[pos:pos + len(piece)] = piece
             pos += n
             in_chunk = 0
             idx += 1
-        return out, pieces, frames, dictionaries
+        return out, [(r.pos, r.skip, r.want, b"".join(r.frames), r.dictionary)
+                     for r in runs if r.want]
 
     # -- writing ------------------------------------------------------------------
 

@@ -16,11 +16,12 @@ dictionary they need (the chunk store keeps it in the chunk's entry) and pass it
 to ``decompress``. Any Codec decodes frames of any dictionary; it keeps one
 decompressor per dictionary it has met, for as long as the dictionary lives.
 
-Several chunks go through python-zstandard's multi-frame calls, which release the
-GIL and can spread the frames over native threads inside one C call. zstd contexts
-are not thread-safe, so a Codec serves one thread at a time: the trio thread has
-its own (reads, stores at the memory limit), each background compressor another,
-the recompressor another. A Dictionary is read-only once made and may be shared by
+Several chunks are compressed in one multi-frame call, which releases the GIL and
+can spread the frames over native threads inside one C call; several frames are
+decompressed as one stream into the reader's buffer (``decompress_into``). zstd
+contexts are not thread-safe, so a Codec serves one thread at a time: the trio
+thread has its own (reads, stores at the memory limit), each background compressor
+another, each large read on a worker thread another, the recompressor another. A Dictionary is read-only once made and may be shared by
 codecs on any threads.
 """
 
@@ -189,32 +190,31 @@ class Codec:
         """The content of one frame, made with ``dictionary`` (None: without one)."""
         return self._decoder(dictionary).decompress(payload)
 
-    def decompress_many(self, payloads: Sequence[Buffer],
-                        dictionaries: Sequence[Dictionary | None] | None = None) -> list[Buffer]:
-        """Decompress several frames, on ``threads`` native threads when there are several.
+    def decompress_into(self, out: memoryview, frames: Buffer,
+                        dictionary: Dictionary | None = None, skip: int = 0) -> None:
+        """Fill ``out`` with the content of consecutive ``frames`` (made with ``dictionary``),
+        after dropping its first ``skip`` bytes.
 
-        ``dictionaries``, if given, names each frame's dictionary (None: without one);
-        frames of each dictionary go through one multi-frame call.
+        One zstd stream over all the frames, decoded straight into the caller's
+        buffer: no object per frame and no copy after. It releases the GIL, so reads
+        on two threads decompress on both cores; a multi-frame call spreading the
+        same frames over native threads was slower (it starts its threads per call).
+
+        Raises:
+            ValueError: the frames hold fewer than ``skip + len(out)`` bytes.
         """
-        if dictionaries is None or not any(dictionaries):
-            return self._decompress_many(payloads, None)
-        groups: dict[Dictionary | None, list[int]] = {}
-        for i, dictionary in enumerate(dictionaries):
-            groups.setdefault(dictionary, []).append(i)
-        out: list[Buffer] = [b""] * len(payloads)
-        for dictionary, indexes in groups.items():
-            contents = self._decompress_many([payloads[i] for i in indexes], dictionary)
-            for i, content in zip(indexes, contents):
-                out[i] = content
-        return out
-
-    def _decompress_many(self, payloads: Sequence[Buffer],
-                         dictionary: Dictionary | None) -> list[Buffer]:
-        if len(payloads) < 2:
-            return [self.decompress(p, dictionary) for p in payloads]
-        frames = self._decoder(dictionary).multi_decompress_to_buffer(payloads,
-                                                                      threads=self.threads)
-        return [memoryview(frames[k]) for k in range(len(payloads))]
+        with self._decoder(dictionary).stream_reader(frames, read_across_frames=True) as reader:
+            while skip:
+                dropped = len(reader.read(skip))
+                if not dropped:
+                    raise ValueError("zstd frames end before the bytes asked for")
+                skip -= dropped
+            pos = 0
+            while pos < len(out):
+                got = reader.readinto(out[pos:])
+                if not got:
+                    raise ValueError("zstd frames end before the bytes asked for")
+                pos += got
 
     def recode_many(self, sources: Sequence[tuple[Buffer, bool, Dictionary | None, int]]
                     ) -> list[tuple[Encoding, Payload]]:
