@@ -20,9 +20,10 @@ Several chunks are compressed in one multi-frame call, which releases the GIL an
 can spread the frames over native threads inside one C call; several frames are
 decompressed as one stream into the reader's buffer (``decompress_into``). zstd
 contexts are not thread-safe, so a Codec serves one thread at a time: the trio
-thread has its own (reads, stores at the memory limit), each background compressor
-another, each large read on a worker thread another, the recompressor another. A Dictionary is read-only once made and may be shared by
-codecs on any threads.
+thread has its own (reads, stores at the memory limit), each background
+compressor another, each large read on a worker thread another, the recompressor
+another. A Dictionary is read-only once made and may be shared by codecs on any
+threads.
 """
 
 from __future__ import annotations
