@@ -24,6 +24,7 @@ import gc
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -512,7 +513,18 @@ def expect_errno(expected, func, *args, **kwargs):
                         f"{'/'.join(errname(e) for e in exp)}, got {errname(got)}")
 
 
+def _ignore(signum, frame) -> None:
+    pass
+
+
 def pytest_configure(config):
+    # Started from a script's background job or nohup, pytest inherits SIGINT or SIGHUP
+    # ignored, and so would every daemon and zsfsctl the tests start and then signal as a
+    # user at a terminal would. A handler of our own keeps them ignored here, and exec(2)
+    # resets it, so children start with the default actions.
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            signal.signal(signum, _ignore)
     config.addinivalue_line("markers", "zsfs_only: checks a zsfs-specific promise "
                             "(compression accounting, CLI, daemon) not shared by tmpfs")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")

@@ -317,9 +317,10 @@ def test_stop_signal_during_compaction(mount_zsfs, sig):
 
 
 def _start_and_signal(command, mountpoint: Path, log: Path, sig, delay: float = 0.0,
-                      marker: str | None = None) -> int:
-    """Start zsfs and send it *sig* *delay* seconds after the mount appears in the mount
-    table (the daemon may not be serving yet), or once *marker* is in its log.
+                      marker: str | None = None, ignored: tuple[int, ...] = ()) -> int:
+    """Start zsfs with the *ignored* signals ignored, and send it *sig* (one signal or
+    several in a row) *delay* seconds after the mount appears in the mount table (the
+    daemon may not be serving yet), or once *marker* is in its log.
     Returns its exit status; cleans up whatever it leaves.
 
     Nothing here sends the mount a request before the signal: a stat(2) would put
@@ -329,7 +330,9 @@ def _start_and_signal(command, mountpoint: Path, log: Path, sig, delay: float = 
     require_fuse()
     with open(log, "wb") as out:
         proc = subprocess.Popen(zsfs_argv(mountpoint, command=command),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN)
+                                                    for s in ignored])
     try:
         assert wait_for(lambda: is_mounted(mountpoint) or proc.poll() is not None,
                         timeout=MOUNT_TIMEOUT, interval=0.001)
@@ -339,12 +342,14 @@ def _start_and_signal(command, mountpoint: Path, log: Path, sig, delay: float = 
             assert marker in log.read_text(), log.read_text()
         assert proc.poll() is None, f"zsfs exited early:\n{log.read_text()}"
         time.sleep(delay)
-        proc.send_signal(sig)
+        sent = sig if isinstance(sig, tuple) else (sig,)
+        for s in sent:
+            proc.send_signal(s)
         try:
             return proc.wait(timeout=HANG)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the daemon did not exit within {HANG:.0f} s of {sig.name}:\n"
-                        f"{log.read_text()}")
+            pytest.fail(f"the daemon did not exit within {HANG:.0f} s of "
+                        f"{'+'.join(s.name for s in sent)}:\n{log.read_text()}")
     finally:
         if proc.poll() is None:
             proc.kill()        # closing /dev/fuse aborts the connection: nothing waits
@@ -370,6 +375,23 @@ def test_stop_signal_while_starting(tmp_path, sig, step):
     assert not is_mounted(mp), "the mount was left behind"
     assert f"{sig.name} received, unmounting" in log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.zsfs_only
+@pytest.mark.parametrize("step", ["serving", "readahead"])
+def test_stop_signal_ignored_at_start_stays_ignored(tmp_path, step):
+    """Started with SIGINT ignored (a job a script put in the background), zsfs ignores
+    it, while starting and while serving, as libfuse's own handlers do; SIGTERM, sent
+    right after it, stops it. (Pending together, SIGINT is delivered first.)"""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    log = tmp_path / "daemon.log"
+    rc = _start_and_signal(launcher("slow_start"), mp, log, (signal.SIGINT, signal.SIGTERM),
+                           marker=f"slow start: {step} in", ignored=(signal.SIGINT,))
+    assert rc == 0, f"exit status {rc}:\n{log.read_text()}"
+    assert not is_mounted(mp), "the mount was left behind"
+    said = log.read_text()
+    assert "SIGTERM received, unmounting" in said and "SIGINT" not in said, said
 
 
 @pytest.mark.zsfs_only

@@ -13,6 +13,8 @@ mounting or serving failed; 2 for bad arguments, options or mount point.
 Stop signals are blocked from just before mounting until the event loop listens
 for them, so a signal that arrives while the daemon starts is not lost, and does
 not kill it with the mount left behind: it unmounts as soon as serving begins.
+One the daemon was started with ignored stays ignored, as libfuse's own handlers
+leave it (``nohup``'s SIGHUP, the SIGINT of a job a script put in the background).
 The requests the daemon sends its own mount (a stat(2), to set the readahead; one
 more under systemd, for READY=1) come from threads that are abandoned if the daemon
 stops before they are answered: waiting for them would wait for replies the
@@ -42,7 +44,9 @@ from .options import MountOptions, OptionError, parse_options
 
 log = logging.getLogger(__name__)
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: the stop signals not ignored when the daemon started (read before anything sets one)
+_STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                      if signal.getsignal(s) is not signal.SIG_IGN)
 READAHEAD_KB = 8192
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _SYSLOG_FORMAT = "zsfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
@@ -137,6 +141,9 @@ async def _terminate_on_signal(
     are; the pyfuse3.close() after it aborts the connection, so requests still
     queued in the kernel fail with ENOTCONN instead of waiting.
     """
+    if not _STOP_SIGNALS:            # every one ignored: only an unmount stops the daemon
+        task_status.started()
+        return
     with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
         _release_stop_signals()      # one that came while starting is delivered now
         try:
