@@ -89,6 +89,16 @@ def test_decompress_into_reads_consecutive_frames_as_one_stream():
         assert out == whole[skip:skip + length]
 
 
+def test_decompress_joined_decodes_consecutive_frames_in_one_call():
+    codec = Codec(level=1, raw_threshold=15000)
+    parts = [lines(i) for i in range(4)]
+    frames = [codec.encode(p)[1] for p in parts]
+    sizes = [len(f) for f in frames]
+    assert codec.decompress_joined(b"".join(frames), sizes) == b"".join(parts)
+    with pytest.raises(ValueError, match="add up"):
+        codec.decompress_joined(b"".join(frames), sizes[:3])
+
+
 @pytest.mark.parametrize("skip, length", [(0, 60001), (60000, 1), (60001, 0)])
 def test_decompress_into_refuses_to_read_past_the_frames(skip, length):
     codec = Codec(level=1, raw_threshold=15000)

@@ -590,12 +590,12 @@ async def test_a_parallel_read_keeps_a_dictionary_retired_meanwhile(monkeypatch)
     started, go = threading.Event(), threading.Event()
     codec = Codec(1, store.pool.huge_class_size)
 
-    def held(out, frames, dictionary=None, skip=0, decompress_into=codec.decompress_into):
+    def held(frames, sizes, dictionary=None, decompress=codec.decompress_joined):
         started.set()
         assert go.wait(30)
-        return decompress_into(out, frames, dictionary, skip)
+        return decompress(frames, sizes, dictionary)
 
-    monkeypatch.setattr(codec, "decompress_into", held)
+    monkeypatch.setattr(codec, "decompress_joined", held)     # the read is one run
     store._read_codecs.append(codec)
     result = []
 

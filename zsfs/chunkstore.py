@@ -48,6 +48,7 @@ a read sees each chunk either before or after a change.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -258,13 +259,32 @@ class _Run:
     dictionary: Dictionary | None
 
 
-Runs = list[tuple[int, int, int, bytes, Dictionary | None]]
+Runs = list[tuple[int, int, int, bytes, list[int], Dictionary | None]]
+Pieces = list[tuple[int, bytes]]     # (position in the read's buffer, content copied there)
 
 
-def _decompress_runs(codec: Codec, out: bytearray, runs: Runs) -> None:
+def _assemble(codec: Codec, length: int, pieces: Pieces, runs: Runs,
+              worker: bool = False) -> bytes | bytearray:
+    """A read's ``length`` bytes from what ``ChunkStore._gather`` took (holes are zeros).
+
+    The buffer is made here, on the thread that decodes into it: made on the event
+    loop for a worker, its zeroing and first-touch page faults took a quarter of the
+    loop's time in a cold sequential read. On a ``worker`` thread, a read that one
+    run of frames fills from its start is decoded in one call (``decompress_joined``)
+    and needs no buffer to zero.
+    """
+    if worker and not pieces and len(runs) == 1:
+        pos, skip, want, frames, sizes, dictionary = runs[0]
+        if pos == skip == 0 and want == length:
+            content = codec.decompress_joined(frames, sizes, dictionary)
+            return content if len(content) == length else content[:length]
+    out = bytearray(length)
+    for pos, piece in pieces:
+        out[pos:pos + len(piece)] = piece
     view = memoryview(out)
-    for pos, skip, want, frames, dictionary in runs:
+    for pos, skip, want, frames, _, dictionary in runs:
         codec.decompress_into(view[pos:pos + want], frames, dictionary, skip)
+    return out
 
 
 class ChunkStore:
@@ -289,6 +309,8 @@ class ChunkStore:
         self.make_room = make_room
         self.codec = Codec(level, raw_threshold=pool.huge_class_size)
         self._read_codecs: list[Codec] = []          # idle, for reads on worker threads
+        # One decoding thread per core: more only add GIL handoffs and context switches.
+        self._read_threads = trio.CapacityLimiter(os.cpu_count() or 1)
         self.queue = CompressionQueue(
             [Codec(level, pool.huge_class_size, threads=1) for _ in range(COMPRESSORS)],
             self._commit_staged)
@@ -346,9 +368,7 @@ class ChunkStore:
             content = self._content(entry)
             piece = bytes(content[in_chunk:in_chunk + length])
             return piece + bytes(length - len(piece)) if len(piece) < length else piece
-        out, runs = self._gather(cmap, offset, length)
-        _decompress_runs(self.codec, out, runs)
-        return out
+        return _assemble(self.codec, length, *self._gather(cmap, offset, length))
 
     async def read_parallel(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
         """``read``, but a large read decompresses on a worker thread.
@@ -361,29 +381,30 @@ class ChunkStore:
         """
         if length < PARALLEL_READ_BYTES:
             return self.read(cmap, offset, length)
-        out, runs = self._gather(cmap, offset, length)
-        if runs:
-            codec = self._read_codecs.pop() if self._read_codecs else Codec(
-                self.codec.level, self.codec.raw_threshold)
-            try:
-                await trio.to_thread.run_sync(_decompress_runs, codec, out, runs)
-            finally:
-                self._read_codecs.append(codec)
-        return out
+        pieces, runs = self._gather(cmap, offset, length)
+        if not runs:
+            return _assemble(self.codec, length, pieces, runs)
+        codec = self._read_codecs.pop() if self._read_codecs else Codec(
+            self.codec.level, self.codec.raw_threshold)
+        try:
+            return await trio.to_thread.run_sync(_assemble, codec, length, pieces, runs, True,
+                                                 limiter=self._read_threads)
+        finally:
+            self._read_codecs.append(codec)
 
-    def _gather(self, cmap: ChunkMap, offset: int, length: int) -> tuple[bytearray, Runs]:
-        """A read's buffer, filled with every piece but the zstd chunks' (holes are zeros),
-        and the runs of frames that fill the rest.
+    def _gather(self, cmap: ChunkMap, offset: int, length: int) -> tuple[Pieces, Runs]:
+        """What a read needs from the arena, copied out: the pieces of its buffer that are
+        not zstd chunks (holes are left out: zeros), and the runs of frames for the rest.
 
         A run is (position in the buffer, bytes to skip, bytes to fill, frames joined,
-        dictionary): frames of consecutive chunks with one dictionary, which decode
+        their sizes, dictionary): frames of consecutive chunks with one dictionary, which decode
         as one stream because each but the last holds a whole chunk, read to its end.
         Joining copies the frames out of the arena; a run holds its dictionary, so
         one retired while a worker thread decodes lives until it is done.
         """
         cs = self.chunk_size
         idx, in_chunk = divmod(offset, cs)
-        out = bytearray(length)
+        pieces: Pieces = []
         runs: list[_Run] = []
         run: _Run | None = None     # the run the next chunk's frame may extend
         pos = 0
@@ -404,13 +425,12 @@ class ChunkStore:
             else:
                 run = None
                 if entry is not None:
-                    piece = self._content(entry)[in_chunk:in_chunk + n]
-                    out[pos:pos + len(piece)] = piece
+                    pieces.append((pos, bytes(self._content(entry)[in_chunk:in_chunk + n])))
             pos += n
             in_chunk = 0
             idx += 1
-        return out, [(r.pos, r.skip, r.want, b"".join(r.frames), r.dictionary)
-                     for r in runs if r.want]
+        return pieces, [(r.pos, r.skip, r.want, b"".join(r.frames), [len(f) for f in r.frames],
+                         r.dictionary) for r in runs if r.want]
 
     # -- writing ------------------------------------------------------------------
 
