@@ -395,6 +395,36 @@ def test_stop_signal_ignored_at_start_stays_ignored(tmp_path, step):
 
 
 @pytest.mark.zsfs_only
+def test_with_every_stop_signal_ignored_only_an_unmount_stops_it(tmp_path):
+    require_fuse()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    log = tmp_path / "daemon.log"
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(zsfs_argv(mp), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN)
+                                                    for s in signals])
+    try:
+        assert wait_for(lambda: is_mounted(mp) or proc.poll() is not None,
+                        timeout=MOUNT_TIMEOUT, interval=0.01), log.read_text()
+        for s in signals:
+            proc.send_signal(s)
+        time.sleep(0.5)                      # time for a handler, were there one
+        assert is_mounted(mp) and os.path.isdir(mp / ".zsfs"), log.read_text()
+        assert _try_unmount(mp)
+        assert proc.wait(timeout=HANG) == 0, log.read_text()
+        assert "received" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if is_mounted(mp):
+            _try_unmount(mp)
+
+
+@pytest.mark.zsfs_only
 def test_stop_signal_at_random_moments_of_startup(tmp_path):
     rng = random.Random(5)
     for i in range(10):
