@@ -7,9 +7,10 @@ every result, errno and byte compared; then both trees compared whole, and zsfs 
 give back all its memory once everything is removed. One run per option set that
 changes the data path: default, 4 KiB chunks, 64 KiB chunks at level 3, background
 compaction forced (threshold 1.0, 50 ms interval, plus a thread writing 1 to
-``.zsfs/compact`` every 30 ms), and a ``mem_limit`` small enough that about one
-write in five gets ENOSPC or a short count (then the model adopts what zsfs reports
-written and checks that nothing else changed).
+``.zsfs/compact`` every 30 ms), the kernel's writeback cache (``-o writeback``), and
+a ``mem_limit`` small enough that about one write in five gets ENOSPC or a short
+count (then the model adopts what zsfs reports written and checks that nothing else
+changed).
 
 Long runs over many seeds: ``tools/fsmodel --duration 600``. A failure names its
 seed and the command that replays it.
@@ -37,6 +38,7 @@ OPTION_SETS = [
     pytest.param("chunk_size=64k,level=3", id="chunk64k-level3"),
     pytest.param("compact_threshold=1.0,compact_interval=0.05", id="compaction-forced"),
     pytest.param("mem_limit=2m", id="mem_limit-enospc"),
+    pytest.param("writeback", id="writeback"),
 ]
 
 

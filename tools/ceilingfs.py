@@ -29,8 +29,9 @@ The request pattern is zsfs's because the settings are taken from zsfs, not copi
   options), ``_serve`` (SIGTERM/SIGINT/SIGHUP unmount cleanly, read_ahead_kb raised to
   ``zsfs.cli.READAHEAD_KB``, then ``serve()``, which runs ``pyfuse3.main()`` with its
   default worker tasks, as zsfs does) and ``_daemonize`` (without ``-f``).
-* the Operations class flags ``supports_dot_lookup`` and ``enable_writeback_cache``
-  (off) are zsfs's ``Operations`` attributes; ``enable_acl`` follows ``acl`` as in zsfs.
+* the Operations class flag ``supports_dot_lookup`` is zsfs's ``Operations`` attribute;
+  ``enable_acl`` follows ``acl`` and ``enable_writeback_cache`` follows ``writeback``
+  as in zsfs.
 * replies: entry and attribute timeouts ``zsfs.operations.TIMEOUT``, negative lookups
   cached for as long (``st_ino`` 0), ``st_blksize`` ``zsfs.operations.BLOCK_SIZE``,
   FLUSH answered ENOSYS (so the kernel stops sending it), ``FileInfo`` with pyfuse3's
@@ -118,7 +119,8 @@ SUBTYPE = "ceilingfs"
 _RELATIME_NS = 24 * 3600 * 10**9
 # MountOptions fields and what the ceiling does with them; a field not listed here is
 # an option zsfs gained after this file was written: reported, not applied.
-_APPLIED = {"mode", "uid", "gid", "fuse_options", "size", "nr_inodes", "xattr", "acl"}
+_APPLIED = {"mode", "uid", "gid", "fuse_options", "size", "nr_inodes", "xattr", "acl",
+            "writeback"}
 _STORAGE_ONLY = {"mem_limit", "chunk_size", "level", "compact_threshold", "compact_interval",
                  "recompress_idle", "recompress_level", "dictionary"}
 
@@ -196,7 +198,6 @@ class Ceiling(pyfuse3.Operations):
     """zsfs's request handling over plain bytes."""
 
     supports_dot_lookup = ZsfsOperations.supports_dot_lookup
-    enable_writeback_cache = ZsfsOperations.enable_writeback_cache
 
     def __init__(self, opts: MountOptions, requests_path: str | None = None) -> None:
         super().__init__()
@@ -206,6 +207,7 @@ class Ceiling(pyfuse3.Operations):
         self.xattrs = getattr(opts, "xattr", True)
         self.acl = getattr(opts, "acl", False) and self.xattrs
         self.enable_acl = self.acl          # FUSE_POSIX_ACL, asked for at INIT
+        self.enable_writeback_cache = getattr(opts, "writeback", False)
         self.requests = RequestStats()
         self.requests_path = requests_path
         self.nodes: dict[int, Node] = {}

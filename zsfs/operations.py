@@ -11,8 +11,9 @@ Choices that shape the request stream (see README, "Performance"):
 * entry and attribute timeouts are long and negative lookups are cached, because
   every change goes through this daemon and the kernel invalidates what it changes;
 * FLUSH is answered with ENOSYS once, after which the kernel stops sending it;
-* the kernel's writeback cache stays off, so that ENOSPC (``size=``, ``mem_limit=``)
-  reaches the ``write(2)`` that caused it rather than a later ``close(2)``;
+* the kernel's writeback cache stays off unless ``-o writeback`` asks for it, so that
+  ENOSPC (``size=``, ``mem_limit=``) reaches the ``write(2)`` that caused it rather
+  than a later ``fsync(2)`` or ``close(2)``;
 * control files are opened with direct I/O, so every read sees fresh values.
 
 The file handle of an open tree inode is its inode number (the tree counts opens),
@@ -120,9 +121,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, control: Control, compactor: Compactor,
-                 xattrs: bool = True, recompressor: Recompressor | None = None) -> None:
+                 xattrs: bool = True, recompressor: Recompressor | None = None,
+                 writeback: bool = False) -> None:
         super().__init__()
         self.xattrs = xattrs
+        self.enable_writeback_cache = writeback      # asked for at INIT
         # FUSE_POSIX_ACL: the kernel evaluates ACLs; the tree stores and applies them
         self.enable_acl = tree.acl and xattrs
         self.tree = tree
@@ -240,9 +243,15 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> EntryAttributes:
         if self.control.owns(inode):
-            # Shell redirections truncate before they write; nothing else may change.
-            if fields.update_size and attr.st_size == 0 and not (
-                    fields.update_mode or fields.update_uid or fields.update_gid):
+            # Shell redirections truncate before they write, and under the writeback
+            # cache the kernel sets mtime and ctime before each write; nothing else
+            # may change.
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                raise FUSEError(errno.EPERM)
+            truncate = fields.update_size and attr.st_size == 0
+            write_times = (self.enable_writeback_cache and fields.update_mtime
+                           and not fields.update_atime)
+            if truncate or write_times:
                 return self._control_attr(inode)
             raise FUSEError(errno.EPERM)
         gid = self.tree.stat(inode).gid
@@ -507,4 +516,5 @@ def build_operations(opts: MountOptions) -> Operations:
                                 kick=compactor.kick, hold_compaction=compactor.held)
     control = Control(pool, store, tree, compactor, uid=os.getuid(), gid=os.getgid(),
                       recompressor=recompressor)
-    return Operations(tree, control, compactor, xattrs=opts.xattr, recompressor=recompressor)
+    return Operations(tree, control, compactor, xattrs=opts.xattr, recompressor=recompressor,
+                      writeback=opts.writeback)

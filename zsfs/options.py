@@ -28,7 +28,8 @@ Conventions:
   ``nofail``, ``x-*``, ...) are accepted and ignored.
 * Flags are passed to libfuse, except ``relatime``, which libfuse 3.14 rejects
   and which is the kernel's default anyway, and zsfs's own ``noxattr``
-  (``xattr``, the default, undoes it); ``default_permissions``,
+  (``xattr``, the default, undoes it) and ``writeback`` (``nowriteback``, the
+  default, undoes it); ``default_permissions``,
   ``subtype=zsfs`` and ``fsname=`` are always passed.
 * ``fsname=`` overrides the mount source; ``subtype=`` is accepted only as
   ``zsfs``, because the subtype is what makes the mount ``fuse.zsfs``.
@@ -89,9 +90,10 @@ _FLAGS = {
     "default_permissions": "default_permissions",
     "xattr": "xattr", "noxattr": "xattr",
     "acl": "acl", "noacl": "acl",
+    "writeback": "writeback", "nowriteback": "writeback",
 }
 _NOT_PASSED = frozenset({"relatime", "default_permissions", "xattr", "noxattr", "acl",
-                         "noacl"})
+                         "noacl", "writeback", "nowriteback"})
 _FOR_MOUNT_ONLY = frozenset(
     {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",
      "_netdev", "nofail", "comment"}
@@ -117,6 +119,7 @@ class MountOptions:
     fuse_options: tuple[str, ...]  # for pyfuse3.init
     xattr: bool = True  # extended attributes; noxattr saves a round trip per write(2)
     acl: bool = ACL_DEFAULT  # POSIX ACLs (needs xattr)
+    writeback: bool = False  # the kernel's writeback cache: ENOSPC at fsync/close, not write(2)
     recompress_idle: float = 300.0  # seconds a file is left alone before recompression, 0 = off
     recompress_level: int = 6  # zstd level of recompression, 1..22
     dictionary: bool = True  # recompression trains and uses a zstd dictionary
@@ -357,4 +360,5 @@ def parse_options(opts: str | list[str], source: str = "zsfs") -> MountOptions:
     fuse = ("default_permissions", f"subtype={names['subtype']}", f"fsname={names['fsname']}",
             *(flag for flag in flags.values() if flag not in _NOT_PASSED))
     return MountOptions(**values, fuse_options=fuse, xattr=flags.get("xattr") != "noxattr",
-                        acl=flags.get("acl", "acl" if ACL_DEFAULT else "noacl") == "acl")
+                        acl=flags.get("acl", "acl" if ACL_DEFAULT else "noacl") == "acl",
+                        writeback=flags.get("writeback") == "writeback")
