@@ -119,11 +119,14 @@ def tmpfs_factory():
             pass
 
 
-@pytest.fixture
-def roots(mount_zsfs, tmpfs_factory) -> dict[str, Path]:
-    """A zsfs with allow_other and a tmpfs, both fresh, root-owned, mode 1777."""
+@pytest.fixture(params=["allow_other", "allow_other,writeback"],
+                ids=["default", "writeback"])
+def roots(request, mount_zsfs, tmpfs_factory) -> dict[str, Path]:
+    """A zsfs with allow_other (and, once, the writeback cache, under which the kernel
+    clears set-ID bits and keeps times itself) and a tmpfs, both fresh, root-owned,
+    mode 1777."""
     require_fuse()
-    zsfs = mount_zsfs("allow_other").path
+    zsfs = mount_zsfs(request.param).path
     tmpfs = tmpfs_factory()
     for root in (zsfs, tmpfs):
         st = os.stat(root)

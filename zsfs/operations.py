@@ -267,9 +267,10 @@ class Operations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        if not (fields.update_atime or fields.update_mtime):
+        if fields.update_size or not (fields.update_atime or fields.update_mtime):
             # A chmod, chown, truncate or a write's privilege kill (which arrives with
-            # no field at all when the kernel found nothing it clears itself).
+            # no field at all when the kernel found nothing it clears itself); not a
+            # utimes. Under the writeback cache a truncate carries the times too.
             self.tree.kill_set_group_id(inode, Caller.of(ctx), gid)
         return self._attr(inode)
 
