@@ -183,7 +183,8 @@ def test_control_files_take_writes_and_refuse_other_changes(mount_zsfs):
     with open(knob, "w") as f:
         f.write("0.5\n")
     assert knob.read_text() == "0.5\n"
-    for change in (lambda: os.utime(knob), lambda: os.chmod(knob, 0o600)):
+    for change in (lambda: os.utime(knob), lambda: os.chmod(knob, 0o600),
+                   lambda: os.truncate(knob, 10)):
         with pytest.raises(OSError) as e:
             change()
         assert e.value.errno == errno.EPERM

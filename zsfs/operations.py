@@ -248,10 +248,12 @@ class Operations(pyfuse3.Operations):
             # may change.
             if fields.update_mode or fields.update_uid or fields.update_gid:
                 raise FUSEError(errno.EPERM)
-            truncate = fields.update_size and attr.st_size == 0
-            write_times = (self.enable_writeback_cache and fields.update_mtime
+            if fields.update_size:
+                allowed = attr.st_size == 0
+            else:
+                allowed = (self.enable_writeback_cache and fields.update_mtime
                            and not fields.update_atime)
-            if truncate or write_times:
+            if allowed:
                 return self._control_attr(inode)
             raise FUSEError(errno.EPERM)
         gid = self.tree.stat(inode).gid
