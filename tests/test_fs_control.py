@@ -41,7 +41,7 @@ STATS_LINES = [
     "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
     "same_chunks", "huge_chunks", "pages_compacted", "compactions_background",
     "compactions_manual", "frag_ratio", "compression_ratio", "files", "directories",
-    "chunks", "chunk_size", "level", "metadata_bytes", "rss_bytes", "recompressed_chunks",
+    "chunks", "chunk_size", "level", "writeback", "metadata_bytes", "rss_bytes", "recompressed_chunks",
     "recompress_saved_bytes", "dictionary_chunks", "dictionaries", "dictionary_bytes",
 ]
 PAGE = 4096
@@ -272,7 +272,7 @@ def test_stats_has_every_line_in_name_value_form(mount):
     for k, v in s.items():
         assert re.fullmatch(r"[0-9]+(\.[0-9]+)?", v), (k, v)
     assert float(s["frag_ratio"]) == 100.0   # empty pool: nothing wasted
-    assert int(s["chunk_size"]) == CHUNK and int(s["level"]) == 1
+    assert int(s["chunk_size"]) == CHUNK and int(s["level"]) == 1 and int(s["writeback"]) == 0
     assert int(s["files"]) == 0 and int(s["directories"]) == 1
     for k in ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "chunks",
               "same_chunks", "huge_chunks", "pages_compacted", "compactions_background",

@@ -68,6 +68,7 @@ def read_after_lost_writeback(path) -> bytes:
 
 def test_small_writes_are_merged_into_few_requests(mount_zsfs):
     m = mount_zsfs("writeback")
+    assert stats(m.path)["writeback"] == 1
     clear(m.path)
     data = write_pieces(m / "f", 400, 64)
     table = requests(m.path)

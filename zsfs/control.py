@@ -90,12 +90,14 @@ class Control:
     """The control directory over one mount's pool, store, tree and compactor."""
 
     def __init__(self, pool: Pool, store: ChunkStore, tree: Tree, compactor: Compactor,
-                 uid: int, gid: int, recompressor: Recompressor | None = None) -> None:
+                 uid: int, gid: int, recompressor: Recompressor | None = None,
+                 writeback: bool = False) -> None:
         self.pool = pool
         self.store = store
         self.tree = tree
         self.compactor = compactor
         self.recompressor = recompressor
+        self.writeback = writeback
         self.uid = uid
         self.gid = gid
         self.mtime_ns = time.time_ns()
@@ -268,6 +270,7 @@ class Control:
             ("chunks", store.chunks),
             ("chunk_size", self.store.chunk_size),
             ("level", self.store.codec.level),
+            ("writeback", int(self.writeback)),
             ("metadata_bytes", self.pool.metadata_bytes() + self.tree.metadata_bytes()),
             ("rss_bytes", process_rss()),
         ]

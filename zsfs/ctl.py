@@ -461,6 +461,7 @@ PROMETHEUS: dict[str, tuple[str, str, str]] = {
     "chunks": ("zsfs_chunks", "gauge", "Chunks held."),
     "chunk_size": ("zsfs_chunk_size_bytes", "gauge", "Bytes per chunk."),
     "level": ("zsfs_zstd_level", "gauge", "zstd compression level."),
+    "writeback": ("zsfs_writeback_cache", "gauge", "1 when mounted with -o writeback, else 0."),
     "metadata_bytes": ("zsfs_metadata_bytes", "gauge", "Estimated Python memory of inodes and maps."),
     "rss_bytes": ("zsfs_rss_bytes", "gauge", "The daemon's resident set size."),
 }

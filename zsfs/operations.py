@@ -518,6 +518,6 @@ def build_operations(opts: MountOptions) -> Operations:
                                 compact=functools.partial(compactor.compact, manual=False),
                                 kick=compactor.kick, hold_compaction=compactor.held)
     control = Control(pool, store, tree, compactor, uid=os.getuid(), gid=os.getgid(),
-                      recompressor=recompressor)
+                      recompressor=recompressor, writeback=opts.writeback)
     return Operations(tree, control, compactor, xattrs=opts.xattr, recompressor=recompressor,
                       writeback=opts.writeback)
