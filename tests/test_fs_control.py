@@ -41,8 +41,9 @@ STATS_LINES = [
     "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
     "same_chunks", "huge_chunks", "pages_compacted", "compactions_background",
     "compactions_manual", "frag_ratio", "compression_ratio", "files", "directories",
-    "chunks", "chunk_size", "level", "writeback", "metadata_bytes", "rss_bytes", "recompressed_chunks",
-    "recompress_saved_bytes", "dictionary_chunks", "dictionaries", "dictionary_bytes",
+    "chunks", "chunk_size", "level", "writeback", "metadata_bytes", "rss_bytes",
+    "recompressed_chunks", "recompress_saved_bytes", "dictionary_chunks", "dictionaries",
+    "dictionary_bytes",
 ]
 PAGE = 4096
 CHUNK = 16384

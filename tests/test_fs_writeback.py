@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from conftest import drop_cache, wait_for
+from conftest import read_file, wait_for
 from zsfs.options import OptionError, parse_options
 
 try:
@@ -48,12 +48,6 @@ def write_pieces(path, pieces: int, size: int) -> bytes:
     return data
 
 
-def read_from_daemon(path) -> bytes:
-    drop_cache(path)
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def read_after_lost_writeback(path) -> bytes:
     """The file as the daemon holds it, after pages of it failed to be written back
     (an fsync may still report that failure once more: writeback may still be ending)."""
@@ -74,7 +68,7 @@ def test_small_writes_are_merged_into_few_requests(mount_zsfs):
     table = requests(m.path)
     # the clearing write plus the kernel's merged pages: far fewer than 400
     assert table["write"][0] <= 1 + 20, table
-    assert read_from_daemon(m / "f") == data
+    assert read_file(m / "f") == data
     assert "read" in requests(m.path)                  # it came from the daemon
 
 
@@ -82,7 +76,7 @@ def test_without_writeback_every_write_is_a_request(mnt):
     clear(mnt)
     data = write_pieces(mnt / "f", 50, 64)     # none crosses a page
     assert requests(mnt)["write"][0] == 1 + 50
-    assert read_from_daemon(mnt / "f") == data
+    assert read_file(mnt / "f") == data
 
 
 def test_random_overwrites_reach_the_daemon_intact(mount_zsfs):
@@ -107,7 +101,7 @@ def test_random_overwrites_reach_the_daemon_intact(mount_zsfs):
     finally:
         os.close(fd)
     assert os.stat(path).st_size == len(model)
-    assert read_from_daemon(path) == model
+    assert read_file(path) == model
 
 
 def test_enospc_comes_at_close_and_earlier_files_stay_intact(mount_zsfs):
@@ -123,7 +117,7 @@ def test_enospc_comes_at_close_and_earlier_files_stay_intact(mount_zsfs):
     with pytest.raises(OSError) as e:
         os.close(fd)
     assert e.value.errno == errno.ENOSPC
-    assert read_from_daemon(m / "kept") == kept
+    assert read_file(m / "kept") == kept
     # each page of the file is either what was written or zeros (lost), never garbage
     got = read_after_lost_writeback(m / "big")
     held = 0
@@ -138,7 +132,7 @@ def test_enospc_comes_at_close_and_earlier_files_stay_intact(mount_zsfs):
     os.unlink(m / "big")
     assert wait_for(lambda: stats(m.path)["orig_data_size"] == len(kept), timeout=10)
     (m / "again").write_bytes(b"fits")
-    assert read_from_daemon(m / "again") == b"fits"
+    assert read_file(m / "again") == b"fits"
 
 
 def test_enospc_comes_at_fsync_once(mount_zsfs):
@@ -154,26 +148,19 @@ def test_enospc_comes_at_fsync_once(mount_zsfs):
         os.close(fd)
 
 
-def test_setuid_is_cleared_by_a_write_of_another_user(mount_zsfs):
+def test_setuid_is_cleared_by_a_write_of_another_user(mount_zsfs, as_nobody):
     m = mount_zsfs("writeback,allow_other")
     path = m / "prog"
     path.write_bytes(b"#!/bin/sh\n")
     os.chmod(path, 0o6777)
-    pid = os.fork()
-    if pid == 0:                                          # as nobody
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            with open(path, "ab") as f:
-                f.write(b"echo hi\n")
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def append() -> None:
+        with open(path, "ab") as f:
+            f.write(b"echo hi\n")
+
+    as_nobody(append)
     assert os.stat(path).st_mode & 0o7777 == 0o0777
-    assert read_from_daemon(path) == b"#!/bin/sh\necho hi\n"
+    assert read_file(path) == b"#!/bin/sh\necho hi\n"
 
 
 def test_control_files_take_writes_and_refuse_other_changes(mount_zsfs):
