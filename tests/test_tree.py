@@ -1,6 +1,7 @@
 """Unit tests of the inode tree, driven directly (the mount tests cover it through FUSE)."""
 
 import errno
+import random
 import stat
 
 import pytest
@@ -179,10 +180,32 @@ def test_inode_numbers_are_reused_and_the_table_shrinks_back():
         if i != 100:
             tree.unlink(ROOT_INODE, b"f%05d" % i)
     tree.unlink(ROOT_INODE, b"again")
-    assert tree.inode_count == 1 and len(tree.table) <= 2 + 1024
+    assert tree.inode_count == 1 and len(tree.table) == 2
     assert tree.table.memory() < full / 2
     f = tree.create(ROOT_INODE, b"new", FILE, 0, 0)
     assert tree.stat(f).nlink == 1 and tree.lookup(ROOT_INODE, b"new") == f
+
+
+@pytest.mark.parametrize("order", ["created", "reversed", "shuffled"])
+def test_the_table_shrinks_to_nothing_whatever_order_files_go_in(order):
+    """As ``rm -rf`` frees them: the entries of a directory in some order, then the
+    directory."""
+    tree = make_tree()
+    d = tree.create(ROOT_INODE, b"d", DIR, 0, 0)
+    names = [b"f%05d" % i for i in range(6000)]
+    for name in names:
+        tree.create(d, name, FILE, 0, 0)
+    if order == "reversed":
+        names.reverse()
+    elif order == "shuffled":
+        random.Random(7).shuffle(names)
+    for name in names:
+        tree.unlink(d, name)
+    assert len(tree.table) == 3                     # slot 0, the root and d
+    tree.rmdir(ROOT_INODE, b"d")
+    assert tree.inode_count == 1 and len(tree.table) == 2
+    assert len(tree.table._free) <= 1024
+    assert tree.create(ROOT_INODE, b"new", FILE, 0, 0) == 2
 
 
 def test_a_reused_number_starts_clean():

@@ -7,10 +7,12 @@ live entries above it, in the order they were added.
 
 ``TreeMachine`` drives a Tree through creates, hard links, unlinks, renames,
 lookups counted and forgotten, opens and closes, writes and truncates, against a
-model of names and inode attributes: numbers of freed inodes come back and the
-table is cut often (a low trim threshold), so every step checks that no live inode shares a number, that each name reaches the inode
-the model says, with its attributes and data, and that the table's columns and
-counters add up.
+model of names and inode attributes: numbers of freed inodes come back, the
+table's tail is cut once it is at most half used, and its free list (which may
+hold numbers cut off) is rebuilt often (a low slack). Every step checks that no
+live inode shares a number, that each name reaches the inode the model says, with
+its attributes and data, that the table's columns and counters add up, and that
+the free list holds every free number below the end once.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class TreeMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.trim_min, inodes._TRIM_MIN = inodes._TRIM_MIN, 4   # cut the table often
+        self.slack, inodes._FREE_LIST_SLACK = inodes._FREE_LIST_SLACK, 4  # rebuild it often
         pool = Pool(max_object_size=4096, arena_capacity=64 << 20)
         self.tree = Tree(ChunkStore(pool, 4096, level=1))
         self.dirs: dict[int, dict[bytes, int]] = {ROOT_INODE: {}}
@@ -110,7 +112,7 @@ class TreeMachine(RuleBasedStateMachine):
         self.data: dict[int, bytes] = {}
 
     def teardown(self) -> None:
-        inodes._TRIM_MIN = self.trim_min
+        inodes._FREE_LIST_SLACK = self.slack
 
     def run(self, fn, *args):
         return trio.run(fn, *args)
@@ -271,6 +273,9 @@ class TreeMachine(RuleBasedStateMachine):
         for ino in range(1, len(t)):
             if ino not in self.kind:
                 assert t.mode[ino] == FREE and t.node[ino] is None and ino not in t.xattrs
+        reusable = [ino for ino in t._free if ino < len(t)]
+        assert sorted(reusable) == sorted(set(range(1, len(t))) - set(self.kind))
+        assert t.mode[-1] != FREE or 2 * tree.inode_count > len(t)
         if not self.data:                                 # every file gone: nothing left
             assert tree.store.chunks == 0 and tree.store.pool.pages_used == 0
 

@@ -11,7 +11,11 @@ The background task sleeps ``interval`` seconds (a changed interval applies to t
 sleep under way) or until ``kick()`` says that something may have been freed, and
 compacts when the fragmentation ratio (live object bytes / pool bytes) is below
 ``threshold`` and enough pages are freeable to be worth the copying: at least
-``min_freeable_pages`` and 1% of the pool.
+``min_freeable_pages`` and 1% of the pool. Every compaction ends by giving freed
+memory back to the kernel (a *trim*: the arena's pages and the C heap); so does a
+wake-up that finds many pages released, and a wake-up after ``TRIM_QUIET_SECONDS``
+without a kick, so that what a burst of frees let go (``rm -rf``: the last
+pages, and the files' bookkeeping, which releases no page) goes back once it ends.
 
 A bug in a background compaction must not take the mount down with it: the
 background task logs the exception with its traceback and goes on, and after a
@@ -57,6 +61,7 @@ def release_heap() -> None:
 SLICE_BUDGET = 128          # objects moved between two yields to the event loop
 KICK_SETTLE_SECONDS = 0.2   # after a kick, let a burst of frees finish first
 TRIM_PAGES = 1024           # pages released since the last heap trim that call for another
+TRIM_QUIET_SECONDS = 1.0    # after a kick, this long without another ends the burst: trim
 
 
 class Compactor:
@@ -85,6 +90,7 @@ class Compactor:
         self._stopping = False
         self._failed = False      # the last background compaction raised
         self._released_at_trim = 0   # the arena's pages_released at the last heap trim
+        self._kicked_since_trim = False
         self._held = 0               # background compaction waits while > 0 (held())
 
     async def compact(self, manual: bool = True) -> int:
@@ -122,7 +128,14 @@ class Compactor:
         so lowering a long interval takes effect at once."""
         self._interval = seconds
         if self._sleep is not None:
-            self._sleep.deadline = self._sleep_started + seconds
+            self._sleep.deadline = self._sleep_started + self._wait_seconds()
+
+    def _wait_seconds(self) -> float:
+        """How long the background task sleeps unless kicked: until the burst of frees
+        under way ends, or an interval."""
+        if self._kicked_since_trim and not self._failed:
+            return min(self._interval, TRIM_QUIET_SECONDS)
+        return self._interval
 
     def _trim(self) -> None:
         """Give freed memory back to the kernel: the arena's pages and the C heap.
@@ -134,6 +147,7 @@ class Compactor:
         self.pool.arena.release()
         release_heap()
         self._released_at_trim = self.pool.arena.pages_released
+        self._kicked_since_trim = False
 
     def stop(self) -> None:
         """The daemon is unmounting: end a compaction under way at its next slice, and
@@ -143,6 +157,7 @@ class Compactor:
     def kick(self) -> None:
         """Tell the background task that much was freed: check early."""
         self._kicked.set()
+        self._kicked_since_trim = True
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -174,18 +189,21 @@ class Compactor:
         """The background task: never returns (cancel it), whatever a compaction raises."""
         while True:
             self._sleep_started = trio.current_time()
-            with trio.CancelScope(deadline=self._sleep_started + self._interval) as self._sleep:
+            deadline = self._sleep_started + self._wait_seconds()
+            with trio.CancelScope(deadline=deadline) as self._sleep:
                 if self._failed:
                     await trio.sleep_forever()    # until the interval's deadline
                 await self._kicked.wait()
                 await trio.sleep(KICK_SETTLE_SECONDS)
+            quiet = self._sleep.cancelled_caught       # no kick until the deadline
             self._sleep = None
             self._kicked = trio.Event()
             try:
                 if self.worth_it():
                     freed = await self.compact(manual=False)
                     log.info("background compaction freed %d pages", freed)
-                elif self.pool.arena.pages_released - self._released_at_trim >= TRIM_PAGES:
+                elif (self.pool.arena.pages_released - self._released_at_trim >= TRIM_PAGES
+                      or quiet and self._kicked_since_trim):
                     self._trim()
                 self._failed = False
             except Exception:

@@ -10,8 +10,12 @@ have any.
 
 Inode numbers are reused once free (named nowhere, forgotten by the kernel and
 closed: nothing can ask for it again), so the columns stay as long as the most
-inodes held at once. When many inodes have gone, the free numbers at the end are
-cut off the columns, so a tree that shrinks gives its memory back.
+inodes held at once. Once the table is at most half used, the run of free
+numbers at its end is cut off the columns whenever the last slot is freed, so a
+tree that shrinks gives its memory back whatever order its files go in (``rm -rf``
+frees a directory after its entries). The free list is not searched at a cut: a
+number at or past the end is stale, dropped when popped, and the list is rebuilt
+only once stale numbers outnumber the live ones.
 
 Timestamps are 64-bit nanoseconds, 1677 to 2262; times beyond are clamped to
 that range, as ext4 clamps to its own (1901 to 2446).
@@ -25,7 +29,7 @@ from typing import Any
 
 FREE = 0                       # mode of an unused slot (every inode has a file type)
 _NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
-_TRIM_MIN = 1024               # frees between two cuts of the columns, at least
+_FREE_LIST_SLACK = 1024        # stale free numbers tolerated beyond twice the live ones
 
 
 def clamp_ns(ns: int) -> int:
@@ -41,7 +45,7 @@ class InodeTable:
 
     __slots__ = ("mode", "uid", "gid", "nlink", "opens", "lookups", "size",
                  "atime_ns", "mtime_ns", "ctime_ns", "node", "xattrs", "count",
-                 "_free", "_frees_since_trim", "_columns")
+                 "_free", "_columns")
 
     def __init__(self) -> None:
         self.mode = array("I", [FREE])
@@ -57,8 +61,7 @@ class InodeTable:
         self.node: list[Any] = [None]
         self.xattrs: dict[int, dict[bytes, bytes]] = {}
         self.count = 0                                    # inodes in use
-        self._free = array("Q")                           # free numbers, last freed on top
-        self._frees_since_trim = 0
+        self._free = array("Q")           # free numbers, last freed on top; some stale
         self._columns: tuple[Any, ...] = (
             self.mode, self.uid, self.gid, self.nlink, self.opens, self.lookups, self.size,
             self.atime_ns, self.mtime_ns, self.ctime_ns, self.node)
@@ -72,10 +75,13 @@ class InodeTable:
 
     def new(self, mode: int, uid: int, gid: int, now_ns: int) -> int:
         """A new inode's number, with its fields set and everything else zero."""
-        if self._free:
-            ino = self._free.pop()
+        free, slots = self._free, len(self.mode)
+        while free:
+            ino = free.pop()
+            if ino < slots:
+                break
         else:
-            ino = len(self.mode)
+            ino = slots
             for column in self._columns:
                 column.append(0 if column is not self.node else None)
         self.mode[ino] = mode
@@ -92,25 +98,20 @@ class InodeTable:
         self.xattrs.pop(ino, None)
         self.count -= 1
         self._free.append(ino)
-        self._frees_since_trim += 1
-        slots = len(self.mode)
-        if (self.mode[-1] == FREE and self.count < slots // 2
-                and self._frees_since_trim >= max(_TRIM_MIN, slots // 8)):
-            self._trim()
+        if self.mode[-1] == FREE and 2 * self.count <= len(self.mode):
+            self._cut_tail()
 
-    def _trim(self) -> None:
-        """Cut the run of free slots at the end of the columns, and their numbers.
-
-        Costs a pass over the free list, so it runs only when the table is less than
-        half used, after an eighth of its slots have been freed since the last cut."""
-        self._frees_since_trim = 0
-        end = len(self.mode)
+    def _cut_tail(self) -> None:
+        """Cut the run of free slots at the end of the columns (amortized: each slot is
+        cut once per time it was appended); rebuild the free list if mostly stale."""
         mode = self.mode
+        end = len(mode)
         while end > 2 and mode[end - 1] == FREE:
             end -= 1
         for column in self._columns:
             del column[end:]
-        self._free = array("Q", [ino for ino in self._free if ino < end])
+        if len(self._free) > 2 * (end - 1 - self.count) + _FREE_LIST_SLACK:
+            self._free = array("Q", [ino for ino in self._free if ino < end])
 
     def memory(self) -> int:
         """Bytes held by the columns and the free list (their buffers, as allocated)."""
