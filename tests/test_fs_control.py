@@ -350,6 +350,24 @@ def test_stats_values_are_true(mount):
     assert istats(m)["metadata_bytes"] > s5["metadata_bytes"]
 
 
+def test_rm_rf_gives_the_bookkeeping_back(mount):
+    """``rm -rf`` frees a directory after its entries, in the kernel's order: the
+    inode table and the chunk maps must shrink back to what a fresh mount holds."""
+    m = mount()
+    fresh = istats(m)["metadata_bytes"]
+    for d in range(3):
+        (m / "tree" / f"d{d}").mkdir(parents=True)
+        for i in range(1000):
+            write_file(m / "tree" / f"d{d}" / f"f{i}", b"x" * (i % 3))
+    grown = istats(m)["metadata_bytes"]
+    assert grown - fresh > 3000 * 100
+    subprocess.run(["rm", "-rf", str(m / "tree")], check=True, timeout=120)
+    assert wait_for(lambda: istats(m)["metadata_bytes"] - fresh < (grown - fresh) / 20,
+                    timeout=10), (fresh, grown, istats(m)["metadata_bytes"])
+    s = istats(m)
+    assert s["files"] == 0 and s["directories"] == 1 and s["chunks"] == 0
+
+
 def test_stats_rss_matches_daemon_vmrss(mount):
     m = mount()
     write_file(m / "r", os.urandom(4 * MiB))   # make the RSS move away from the start
