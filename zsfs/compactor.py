@@ -16,6 +16,7 @@ memory back to the kernel (a *trim*: the arena's pages and the C heap); so does 
 wake-up that finds many pages released, and a wake-up after ``TRIM_QUIET_SECONDS``
 without a kick, so that what a burst of frees let go (``rm -rf``: the last
 pages, and the files' bookkeeping, which releases no page) goes back once it ends.
+That wake-up only trims: compaction checks keep to their interval.
 
 A bug in a background compaction must not take the mount down with it: the
 background task logs the exception with its traceback and goes on, and after a
@@ -189,21 +190,23 @@ class Compactor:
         """The background task: never returns (cancel it), whatever a compaction raises."""
         while True:
             self._sleep_started = trio.current_time()
-            deadline = self._sleep_started + self._wait_seconds()
-            with trio.CancelScope(deadline=deadline) as self._sleep:
+            wait = self._wait_seconds()
+            with trio.CancelScope(deadline=self._sleep_started + wait) as self._sleep:
                 if self._failed:
                     await trio.sleep_forever()    # until the interval's deadline
                 await self._kicked.wait()
                 await trio.sleep(KICK_SETTLE_SECONDS)
-            quiet = self._sleep.cancelled_caught       # no kick until the deadline
+            burst_over = self._sleep.cancelled_caught and self._kicked_since_trim
             self._sleep = None
             self._kicked = trio.Event()
             try:
-                if self.worth_it():
+                if burst_over and wait < self._interval:
+                    self._trim()        # compaction checks keep to their interval
+                elif self.worth_it():
                     freed = await self.compact(manual=False)
                     log.info("background compaction freed %d pages", freed)
-                elif (self.pool.arena.pages_released - self._released_at_trim >= TRIM_PAGES
-                      or quiet and self._kicked_since_trim):
+                elif (burst_over or self.pool.arena.pages_released - self._released_at_trim
+                      >= TRIM_PAGES):
                     self._trim()
                 self._failed = False
             except Exception:
