@@ -1,9 +1,10 @@
 """Hypothesis state machines for the tree's packed bookkeeping.
 
 ``DirectoryMachine`` drives a Directory against a dict model: adds, removes (which
-prune the cookie sequences once most of them are stale), renames in place (the
+prune the packed entries once most of them are stale), renames in place (the
 cookie stays) and listings resumed from any cookie, which must return exactly the
-live entries above it, in the order they were added.
+live entries above it, in the order they were added. ``CollidingDirectoryMachine``
+does the same with names whose hashes collide.
 
 ``TreeMachine`` drives a Tree through creates, hard links, unlinks, renames,
 lookups counted and forgotten, opens and closes, writes and truncates, against a
@@ -27,6 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from zsfs.chunkstore import ChunkStore
 from zsfs.directory import FIRST_COOKIE, Directory
+from zsfs import directory as directory_module
 from zsfs import inodes
 from zsfs.inodes import FREE
 from zsfs.tree import ROOT_INODE, Tree
@@ -90,9 +92,24 @@ class DirectoryMachine(RuleBasedStateMachine):
         assert len(d) == len(self.model)
         for name, (ino, _) in self.model.items():
             assert name in d and d.get(name) == ino
-        stale = len(d._names) - len(self.model)
+        stale = len(d._cookies) - len(self.model)
         assert stale <= len(self.model) + 64 + 1      # pruned once mostly stale
         assert list(d._cookies) == sorted(d._cookies)
+        assert 2 * d._used <= len(d._index)           # the index at most half full
+        assert sorted(p for p in d._index if p >= 0) == [
+            p for p in range(len(d._inos)) if d._inos[p]]
+
+
+class CollidingDirectoryMachine(DirectoryMachine):
+    """The same with a name hash of 32 values, so that lookups walk long probe runs
+    past other names, equal hashes and removed entries' slots."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        directory_module.hash = lambda name: hash(name) % 32 - 16
+
+    def teardown(self) -> None:
+        del directory_module.hash
 
 
 class TreeMachine(RuleBasedStateMachine):
@@ -284,5 +301,7 @@ _SETTINGS = settings(max_examples=60, stateful_step_count=60, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 TestDirectory = DirectoryMachine.TestCase
 TestDirectory.settings = _SETTINGS
+TestCollidingDirectory = CollidingDirectoryMachine.TestCase
+TestCollidingDirectory.settings = settings(_SETTINGS, max_examples=10)
 TestTree = TreeMachine.TestCase
 TestTree.settings = _SETTINGS

@@ -5,12 +5,14 @@ resumes after the last cookie it reported: entries created meanwhile get higher
 cookies (they may or may not be seen), entries removed are never reported again,
 none is repeated. Cookies 1 and 2 are ``.`` and ``..``.
 
-Packed for memory: an entry is one slot of a dict (name -> ``cookie << INO_BITS |
-ino``, one int object) plus a slot of two parallel sequences in cookie order, an
-``array`` of cookies and a list of the names (the dict's own name objects: a name
-is held once). A removed entry leaves ``None`` in the list until most of it is
-stale; the list is then rebuilt, so that ``rm -r`` stays linear. A dict never
-shrinks when keys are deleted, so the rebuild copies it too.
+Packed for memory, with no object per entry: entries sit in cookie order in
+parallel arrays (cookie, inode, name hash, where the name starts), the names end
+to end in one bytearray, and an open-addressing index (an array of entry
+positions, at most half full, probed linearly from the name's hash) finds a name.
+An entry costs about 45 bytes plus its name, where a dict slot, a name object and
+an int took about 150. A removed entry stays as a tombstone (inode 0) until most
+entries are; the arrays and the index are then rebuilt, so that ``rm -r`` stays
+linear and a directory that shrinks gives its memory back.
 """
 
 from __future__ import annotations
@@ -21,74 +23,137 @@ from array import array
 from typing import Iterator
 
 FIRST_COOKIE = 3
-INO_BITS = 40
-_INO_MASK = (1 << INO_BITS) - 1
 _PRUNE_SLACK = 64
+_EMPTY = -1                    # index slot never used since the index was built
+_GONE = -2                     # index slot of a removed entry: probes go on past it
+_MIN_INDEX = 8
 
 
 class Directory:
     """The entries of one directory and its parent's inode number."""
 
-    __slots__ = ("_entries", "_cookies", "_names", "_next_cookie", "parent", "name_bytes")
+    __slots__ = ("_cookies", "_inos", "_hashes", "_starts", "_names", "_index", "_used",
+                 "_live", "_next_cookie", "parent")
 
     def __init__(self, parent: int) -> None:
-        self._entries: dict[bytes, int] = {}
         self._cookies = array("Q")
-        self._names: list[bytes | None] = []
+        self._inos = array("Q")          # 0: a removed entry
+        self._hashes = array("q")
+        self._starts = array("Q", [0])   # entry i's name is _names[_starts[i]:_starts[i + 1]]
+        self._names = bytearray()
+        self._index = array("i", [_EMPTY]) * _MIN_INDEX
+        self._used = 0                   # index slots not _EMPTY
+        self._live = 0
         self._next_cookie = FIRST_COOKIE
         self.parent = parent
-        self.name_bytes = 0     # sys.getsizeof of the names, for memory()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._live
 
     def __contains__(self, name: bytes) -> bool:
-        return name in self._entries
+        return self._slot(name, hash(name)) >= 0
+
+    def _slot(self, name: bytes, h: int) -> int:
+        """The index slot of the entry named ``name`` (hash ``h``), or -1."""
+        index, hashes, starts, names = self._index, self._hashes, self._starts, self._names
+        mask = len(index) - 1
+        i = h & mask
+        while True:
+            pos = index[i]
+            if pos == _EMPTY:
+                return -1
+            if pos >= 0 and hashes[pos] == h and names[starts[pos]:starts[pos + 1]] == name:
+                return i
+            i = (i + 1) & mask
 
     def get(self, name: bytes) -> int | None:
         """The inode number of ``name``, or None."""
-        value = self._entries.get(name)
-        return None if value is None else value & _INO_MASK
+        i = self._slot(name, hash(name))
+        return None if i < 0 else self._inos[self._index[i]]
 
     def add(self, name: bytes, ino: int) -> None:
-        cookie = self._next_cookie
+        """Name ``ino``; ``name`` must not be in the directory."""
+        h = hash(name)
+        pos = len(self._cookies)
+        self._cookies.append(self._next_cookie)
         self._next_cookie += 1
-        self._entries[name] = cookie << INO_BITS | ino
-        self._cookies.append(cookie)
-        self._names.append(name)
-        self.name_bytes += sys.getsizeof(name)
+        self._inos.append(ino)
+        self._hashes.append(h)
+        self._names += name
+        self._starts.append(len(self._names))
+        self._live += 1
+        if 2 * (self._used + 1) > len(self._index):
+            self._build_index()
+        else:
+            self._place(pos, h)
+
+    def _place(self, pos: int, h: int) -> None:
+        index = self._index
+        mask = len(index) - 1
+        i = h & mask
+        while index[i] >= 0:
+            i = (i + 1) & mask
+        if index[i] == _EMPTY:
+            self._used += 1
+        index[i] = pos
+
+    def _build_index(self) -> None:
+        """A new index for the live entries, a quarter full at most."""
+        size = _MIN_INDEX
+        while size < 4 * self._live:
+            size <<= 1
+        self._index = array("i", [_EMPTY]) * size
+        self._used = 0
+        inos, hashes = self._inos, self._hashes
+        for pos in range(len(inos)):
+            if inos[pos]:
+                self._place(pos, hashes[pos])
 
     def remove(self, name: bytes) -> int:
         """Remove ``name`` (KeyError if absent); return its inode number."""
-        value = self._entries.pop(name)
-        self.name_bytes -= sys.getsizeof(name)
-        self._names[bisect.bisect_left(self._cookies, value >> INO_BITS)] = None
-        if len(self._names) > 2 * len(self._entries) + _PRUNE_SLACK:
+        i = self._slot(name, hash(name))
+        if i < 0:
+            raise KeyError(name)
+        pos = self._index[i]
+        self._index[i] = _GONE
+        ino = self._inos[pos]
+        self._inos[pos] = 0
+        self._live -= 1
+        if len(self._inos) > 2 * self._live + _PRUNE_SLACK:
             self._prune()
-        return value & _INO_MASK
+        return ino
 
     def _prune(self) -> None:
-        names = self._names
-        keep = [i for i, name in enumerate(names) if name is not None]
-        self._cookies = array("Q", [self._cookies[i] for i in keep])
-        self._names = [names[i] for i in keep]
-        self._entries = dict(self._entries)
+        """Drop the tombstones: the arrays, the names and the index are built anew."""
+        inos, starts, names = self._inos, self._starts, self._names
+        keep = [pos for pos in range(len(inos)) if inos[pos]]
+        self._cookies = array("Q", [self._cookies[pos] for pos in keep])
+        self._inos = array("Q", [inos[pos] for pos in keep])
+        self._hashes = array("q", [self._hashes[pos] for pos in keep])
+        packed = bytearray()
+        new_starts = array("Q", [0])
+        for pos in keep:
+            packed += names[starts[pos]:starts[pos + 1]]
+            new_starts.append(len(packed))
+        self._names, self._starts = packed, new_starts
+        self._build_index()
 
     def replace(self, name: bytes, ino: int) -> None:
         """Point an existing name at another inode, keeping its cookie."""
-        value = self._entries[name]
-        self._entries[name] = value & ~_INO_MASK | ino
+        i = self._slot(name, hash(name))
+        if i < 0:
+            raise KeyError(name)
+        self._inos[self._index[i]] = ino
 
     def entries_after(self, cookie: int) -> Iterator[tuple[bytes, int, int]]:
         """(name, inode, cookie) of entries with cookies above ``cookie``, in order."""
-        cookies, names, entries = self._cookies, self._names, self._entries
-        for i in range(bisect.bisect_right(cookies, cookie), len(cookies)):
-            name = names[i]
-            if name is not None:
-                yield name, entries[name] & _INO_MASK, cookies[i]
+        cookies, inos, starts, names = self._cookies, self._inos, self._starts, self._names
+        for pos in range(bisect.bisect_right(cookies, cookie), len(cookies)):
+            ino = inos[pos]
+            if ino:
+                yield bytes(names[starts[pos]:starts[pos + 1]]), ino, cookies[pos]
 
     def memory(self) -> int:
-        """Bytes of Python memory held: containers, names and the packed values."""
-        return (sys.getsizeof(self) + sys.getsizeof(self._entries) + sys.getsizeof(self._cookies)
-                + sys.getsizeof(self._names) + self.name_bytes
-                + len(self._entries) * sys.getsizeof(1 << 60))
+        """Bytes of Python memory held: the object, its arrays and its names."""
+        return sys.getsizeof(self) + sum(map(sys.getsizeof, (
+            self._cookies, self._inos, self._hashes, self._starts, self._names, self._index)))
