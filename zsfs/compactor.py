@@ -200,9 +200,9 @@ class Compactor:
             self._sleep = None
             self._kicked = trio.Event()
             try:
-                if burst_over and wait < self._interval:
-                    self._trim()        # compaction checks keep to their interval
-                elif self.worth_it():
+                # A wake-up before the interval is up only ends a burst: compaction
+                # checks keep to their interval.
+                if not (burst_over and wait < self._interval) and self.worth_it():
                     freed = await self.compact(manual=False)
                     log.info("background compaction freed %d pages", freed)
                 elif (burst_over or self.pool.arena.pages_released - self._released_at_trim

@@ -66,6 +66,13 @@ class Directory:
                 return i
             i = (i + 1) & mask
 
+    def _slot_of(self, name: bytes) -> int:
+        """The index slot of the entry named ``name``; KeyError if there is none."""
+        i = self._slot(name, hash(name))
+        if i < 0:
+            raise KeyError(name)
+        return i
+
     def get(self, name: bytes) -> int | None:
         """The inode number of ``name``, or None."""
         i = self._slot(name, hash(name))
@@ -111,9 +118,7 @@ class Directory:
 
     def remove(self, name: bytes) -> int:
         """Remove ``name`` (KeyError if absent); return its inode number."""
-        i = self._slot(name, hash(name))
-        if i < 0:
-            raise KeyError(name)
+        i = self._slot_of(name)
         pos = self._index[i]
         self._index[i] = _GONE
         ino = self._inos[pos]
@@ -140,10 +145,7 @@ class Directory:
 
     def replace(self, name: bytes, ino: int) -> None:
         """Point an existing name at another inode, keeping its cookie."""
-        i = self._slot(name, hash(name))
-        if i < 0:
-            raise KeyError(name)
-        self._inos[self._index[i]] = ino
+        self._inos[self._index[self._slot_of(name)]] = ino
 
     def entries_after(self, cookie: int) -> Iterator[tuple[bytes, int, int]]:
         """(name, inode, cookie) of entries with cookies above ``cookie``, in order."""
