@@ -12,7 +12,7 @@ import trio.testing
 
 from zsfs import chunkstore, staging
 from zsfs.arena import PAGE_SIZE
-from zsfs.chunkstore import (STAGED, ChunkMap, ChunkStore, NoSpace, entry_kind, entry_length,
+from zsfs.chunkstore import (STAGED, ChunkStore, NoSpace, entry_kind, entry_length,
                              entry_payload)
 from zsfs.codec import FILL_WORD, Encoding
 from zsfs.zsmalloc import Pool
@@ -34,13 +34,13 @@ def text(n: int, seed: int = 0) -> bytes:
     return bytes(out[:n])
 
 
-def read_all(store: ChunkStore, cmap: ChunkMap, size: int) -> bytes:
+def read_all(store: ChunkStore, cmap: int, size: int) -> bytes:
     return store.read(cmap, 0, size)
 
 
 async def test_random_writes_match_a_model():
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     model = bytearray()
     rng = random.Random(7)
     for step in range(300):
@@ -61,7 +61,7 @@ async def test_random_writes_match_a_model():
 @pytest.mark.parametrize("size", [CHUNK - 1, 2 * CHUNK, 64 * CHUNK + 12345])
 async def test_multi_chunk_writes_and_reads_keep_their_order(size):
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(size, seed=3)
     assert await store.write(cmap, 100, data) == size
     assert store.read(cmap, 100, size) == data
@@ -72,13 +72,13 @@ async def test_multi_chunk_writes_and_reads_keep_their_order(size):
 
 async def test_same_filled_and_incompressible_chunks():
     store = make_store()
-    zeros, fill, noise = ChunkMap(), ChunkMap(), ChunkMap()
+    zeros, fill, noise = store.new_map(), store.new_map(), store.new_map()
     await store.write(zeros, 0, bytes(4 * CHUNK))
     await store.write(fill, 0, b"\xab" * (4 * CHUNK))
     await store.flush()
     assert store.pool.stats().objects == 0 and store.same_chunks == 8
-    assert zeros.stored_bytes == 0          # zeros: no RAM, like holes
-    assert fill.stored_bytes > 0            # but never zero blocks for non-zero data
+    assert store.maps.stored[zeros] == 0          # zeros: no RAM, like holes
+    assert store.maps.stored[fill] > 0            # but never zero blocks for non-zero data
     assert read_all(store, fill, 4 * CHUNK) == b"\xab" * (4 * CHUNK)
     data = os.urandom(2 * CHUNK)
     await store.write(noise, 0, data)
@@ -90,33 +90,33 @@ async def test_same_filled_and_incompressible_chunks():
 
 async def test_holes_cost_nothing():
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     far = 1 << 40
     await store.write(cmap, far, b"end")
-    assert cmap.indexes() == [far // CHUNK]
+    assert store.maps.indexes(cmap) == [far // CHUNK]
     assert store.read(cmap, far - 10, 13) == bytes(10) + b"end"
     assert store.read(cmap, 12345, 100_000) == bytes(100_000)
 
 
 async def test_truncate_drops_and_trims_without_allocating():
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(5 * CHUNK + 300)
     await store.write(cmap, 0, data)
     await store.flush()
     store.pool.mem_limit = store.pool.pages_used * 4096   # no room for anything new
     await store.truncate(cmap, 2 * CHUNK + 10)
-    assert sorted(cmap.indexes()) == [0, 1, 2]
+    assert sorted(store.maps.indexes(cmap)) == [0, 1, 2]
     assert store.orig_bytes == 2 * CHUNK + 10
     # extending again reads zeros past the old cut
     assert store.read(cmap, 0, 3 * CHUNK) == data[:2 * CHUNK + 10] + bytes(CHUNK - 10)
     await store.truncate(cmap, 0)
-    assert len(cmap) == 0 and store.chunks == 0 and store.pool.stats().objects == 0
+    assert store.maps.chunks(cmap) == 0 and store.chunks == 0 and store.pool.stats().objects == 0
 
 
 async def test_mem_limit_stops_a_write_without_touching_earlier_bytes():
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     old = os.urandom(3 * CHUNK)
     await store.write(cmap, 0, old)
     await store.flush()
@@ -130,12 +130,12 @@ async def test_mem_limit_stops_a_write_without_touching_earlier_bytes():
     written = await store.write(cmap, 3 * CHUNK, big)
     assert 0 < written < len(big) and written % CHUNK == 0
     assert read_all(store, cmap, 3 * CHUNK + written) == old + big[:written]
-    assert (3 * CHUNK + written) // CHUNK == len(cmap)
+    assert (3 * CHUNK + written) // CHUNK == store.maps.chunks(cmap)
 
 
 async def test_capacity_limits_logical_bytes():
     store = make_store(capacity=2 * CHUNK)
-    cmap = ChunkMap()
+    cmap = store.new_map()
     assert await store.write(cmap, 0, bytes(2 * CHUNK)) == 2 * CHUNK
     with pytest.raises(NoSpace):
         await store.write(cmap, 2 * CHUNK, b"x")
@@ -150,7 +150,7 @@ async def test_pool_full_makes_room_by_compacting_first():
         store.pool.compact()
 
     store = make_store(make_room=make_room)
-    maps = [ChunkMap() for _ in range(400)]
+    maps = [store.new_map() for _ in range(400)]
     for i, cmap in enumerate(maps):
         await store.write(cmap, 0, text(3000, seed=i))
     await store.flush()
@@ -158,7 +158,7 @@ async def test_pool_full_makes_room_by_compacting_first():
         store.release(cmap)
     assert store.pool.freeable() > 0
     store.pool.mem_limit = store.pool.pages_used * 4096
-    fresh = ChunkMap()
+    fresh = store.new_map()
     assert await store.write(fresh, 0, text(3000, seed=999) + os.urandom(2000)) == 5000
     assert calls == [1]
     for i, cmap in enumerate(maps[1::2]):
@@ -167,28 +167,13 @@ async def test_pool_full_makes_room_by_compacting_first():
 
 async def test_release_returns_every_page():
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     await store.write(cmap, 0, text(40 * CHUNK))
     await store.flush()
     assert store.pool.pages_used > 0
     store.release(cmap)
     assert store.pool.pages_used == 0 and store.orig_bytes == 0 and store.chunks == 0
-    assert cmap.stored_bytes == 0
-
-
-def test_chunk_map_keeps_one_entry_inline():
-    cmap = ChunkMap()
-    assert cmap.get(0) is None and len(cmap) == 0 and cmap.indexes() == []
-    cmap[5] = 50
-    cmap[5] = 51
-    assert (cmap.get(5), cmap.get(4), len(cmap), cmap._dict) == (51, None, 1, None)
-    cmap[7] = 70
-    assert sorted(cmap.indexes()) == [5, 7] and sorted(cmap.entries()) == [51, 70]
-    assert cmap.pop(5) == 51
-    assert (cmap.get(7), len(cmap), cmap._dict) == (70, 1, None)   # back inline
-    with pytest.raises(KeyError):
-        cmap.pop(5)
-    assert cmap.pop(7) == 70 and len(cmap) == 0
+    assert store.maps.count == 0 and len(store.maps) == 1      # the map is gone too
 
 
 # -- staged writes ----------------------------------------------------------------------
@@ -227,8 +212,8 @@ def check_store(store: ChunkStore, maps, check_orig: bool = False) -> None:
     lengths = chunks = fills = raws = 0
     for cmap in maps:
         stored = 0
-        for idx in cmap.indexes():
-            kind, length, payload = parts(cmap.get(idx))
+        for idx in store.maps.indexes(cmap):
+            kind, length, payload = parts(store.maps.get(cmap, idx))
             assert kind != STAGED, "a staged entry after flush()"
             assert 0 < length <= store.chunk_size
             lengths += length
@@ -243,7 +228,7 @@ def check_store(store: ChunkStore, maps, check_orig: bool = False) -> None:
                 if kind == Encoding.RAW:
                     raws += 1
                     assert size >= length          # the chunk as it was (maybe cut since)
-        assert cmap.stored_bytes == stored
+        assert store.maps.stored[cmap] == stored
     assert len(set(handles)) == len(handles)
     s = pool.stats()
     assert s.objects == len(handles)
@@ -256,7 +241,7 @@ def check_store(store: ChunkStore, maps, check_orig: bool = False) -> None:
 async def test_a_write_is_staged_and_flush_stores_it():
     store = make_store()
     pool = store.pool
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(3 * CHUNK + 100, seed=11)
     assert await store.write(cmap, 0, data) == len(data)
     # accepted, readable, reserved, but not in the pool yet
@@ -264,8 +249,8 @@ async def test_a_write_is_staged_and_flush_stores_it():
     assert store.read(cmap, CHUNK - 50, 100) == data[CHUNK - 50:CHUNK + 50]
     assert store.stats().staged_bytes == store.staged_bytes == len(data)
     assert store.orig_bytes == len(data) and store.chunks == 4
-    assert cmap.stored_bytes == len(data)             # staged contents count as they are
-    assert [parts(cmap.get(i))[0] for i in range(4)] == [STAGED] * 4
+    assert store.maps.stored[cmap] == len(data)             # staged contents count as they are
+    assert [parts(store.maps.get(cmap, i))[0] for i in range(4)] == [STAGED] * 4
     assert pool.reserved_pages == 3 * pool.worst_case_pages(CHUNK) + pool.worst_case_pages(100)
     assert pool.stats().objects == 0 and pool.pages_used == 0
     await store.flush()
@@ -273,7 +258,7 @@ async def test_a_write_is_staged_and_flush_stores_it():
     assert pool.stats().objects == 4 and pool.pages_used > 0
     assert read_all(store, cmap, len(data)) == data
     assert store.orig_bytes == len(data) and store.chunks == 4
-    assert 0 < cmap.stored_bytes < len(data)
+    assert 0 < store.maps.stored[cmap] < len(data)
     check_store(store, [cmap], check_orig=True)
     await store.flush()                                # nothing to do: returns at once
     assert read_all(store, cmap, len(data)) == data
@@ -282,16 +267,16 @@ async def test_a_write_is_staged_and_flush_stores_it():
 async def test_rewriting_a_staged_chunk_keeps_one_staging_and_the_larger_reservation():
     store = make_store()
     pool = store.pool
-    cmap = ChunkMap()
+    cmap = store.new_map()
     await store.write(cmap, 0, b"x" * 10)
     small = pool.reserved_pages
     assert small == pool.worst_case_pages(10)
     await store.write(cmap, 10, text(CHUNK - 10))      # grows the staged chunk
     assert pool.reserved_pages == pool.worst_case_pages(CHUNK) > small
-    assert store.staged_bytes == CHUNK == store.orig_bytes == cmap.stored_bytes
+    assert store.staged_bytes == CHUNK == store.orig_bytes == store.maps.stored[cmap]
     assert store.chunks == 1 and len(store._staged) == 1
     await store.truncate(cmap, 5)                      # cut: the reservation stays
-    assert store.staged_bytes == 5 == store.orig_bytes == cmap.stored_bytes
+    assert store.staged_bytes == 5 == store.orig_bytes == store.maps.stored[cmap]
     assert pool.reserved_pages == pool.worst_case_pages(CHUNK)
     assert read_all(store, cmap, 20) == b"x" * 5 + bytes(15)
     await store.flush()
@@ -307,7 +292,7 @@ async def mixed_workload(seed: int, gather: bool, monkeypatch) -> tuple[ChunkSto
         monkeypatch.setattr(staging, "GATHER_SECONDS", 0)   # compress at once: more races
     store = make_store()
     rng = random.Random(seed)
-    files = [(ChunkMap(), bytearray()) for _ in range(3)]
+    files = [(store.new_map(), bytearray()) for _ in range(3)]
     lengths = [1, 8, 100, 3000, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17]
     with trio.fail_after(HANG):
         async with trio.open_nursery() as nursery:
@@ -334,8 +319,8 @@ async def mixed_workload(seed: int, gather: bool, monkeypatch) -> tuple[ChunkSto
                     model_truncate(model, size)
                 elif op < 0.90:
                     store.release(cmap)
-                    assert cmap.stored_bytes == 0 and len(cmap) == 0
-                    files[i] = (ChunkMap(), bytearray())
+                    assert cmap not in store.maps
+                    files[i] = (store.new_map(), bytearray())
                 elif op < 0.93:
                     await store.flush()
                     assert store.staged_bytes == 0 and store.pool.reserved_pages == 0
@@ -378,7 +363,7 @@ async def test_concurrent_writes_keep_orig_bytes(monkeypatch):
 async def test_overwriting_a_stored_chunk_keeps_orig_bytes():
     """Staging over a stored chunk uncounts it once (it once did twice)."""
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     await store.write(cmap, 0, text(2 * CHUNK + 500))
     await store.flush()
     assert store.orig_bytes == 2 * CHUNK + 500
@@ -392,7 +377,7 @@ async def test_capacity_holds_after_overwriting_stored_chunks():
     """Rewriting in place needs no capacity, and frees none (a lost orig_bytes once
     let the store grow past size=)."""
     store = make_store(capacity=2 * CHUNK)
-    cmap = ChunkMap()
+    cmap = store.new_map()
     assert await store.write(cmap, 0, text(2 * CHUNK)) == 2 * CHUNK
     await store.flush()
     assert await store.write(cmap, 0, text(2 * CHUNK, seed=1)) == 2 * CHUNK   # in place
@@ -403,7 +388,7 @@ async def test_capacity_holds_after_overwriting_stored_chunks():
 
 async def test_compressors_store_staged_chunks_without_flush():
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(5 * CHUNK, seed=12) + os.urandom(CHUNK) + b"\x11" * CHUNK + text(3, seed=13)
     with trio.fail_after(HANG):
         async with trio.open_nursery() as nursery:
@@ -429,7 +414,7 @@ async def test_compressors_keep_working_after_a_flush_took_their_batch(how, mock
     # The mock clock stands still: the compressors' gather sleep ends only when we jump.
     store = make_store()
     pool = store.pool
-    cmap = ChunkMap()
+    cmap = store.new_map()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -442,7 +427,7 @@ async def test_compressors_keep_working_after_a_flush_took_their_batch(how, mock
             # staged chunk leaves room to spare) and stores its chunk itself
             pool.mem_limit = (pool.pages_used + pool.reserved_pages) * PAGE_SIZE
             assert await store.write(cmap, 2 * CHUNK, os.urandom(CHUNK)) == CHUNK
-            assert parts(cmap.get(2))[0] == Encoding.RAW
+            assert parts(store.maps.get(cmap, 2))[0] == Encoding.RAW
             pool.mem_limit = 0
         assert store.staged_bytes == 0
         mock_clock.jump(1)                              # the compressors find nothing to do
@@ -460,7 +445,7 @@ async def test_compressors_keep_working_after_a_flush_took_their_batch(how, mock
 async def test_staging_limit_makes_a_write_wait_for_compression(monkeypatch):
     monkeypatch.setattr(chunkstore, "STAGING_LIMIT", 3 * CHUNK)
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     model = bytearray()
     for step in range(20):
         data = text(2 * CHUNK + 77 * step, seed=step)
@@ -476,7 +461,7 @@ async def test_staging_limit_makes_a_write_wait_for_compression(monkeypatch):
 async def test_lowered_mem_limit_still_stores_what_was_staged(limit):
     store = make_store()
     pool = store.pool
-    a, b = ChunkMap(), ChunkMap()
+    a, b = store.new_map(), store.new_map()
     ma, mb = bytearray(), bytearray()
     await store.write(a, 0, data := text(4 * CHUNK, seed=1))
     model_write(ma, 0, data)
@@ -509,7 +494,7 @@ async def test_lowered_mem_limit_still_stores_what_was_staged(limit):
     assert pool.pages_used * PAGE_SIZE > pool.mem_limit or limit == "used"
     # what was accepted is kept; nothing new needing a zspage is
     with pytest.raises(NoSpace):
-        await store.write(ChunkMap(), 0, os.urandom(CHUNK))
+        await store.write(store.new_map(), 0, os.urandom(CHUNK))
     assert read_all(store, a, len(ma)) == ma and read_all(store, b, len(mb)) == mb
     check_store(store, [a, b])
 
@@ -517,7 +502,7 @@ async def test_lowered_mem_limit_still_stores_what_was_staged(limit):
 async def test_mem_limit_part_way_with_staged_chunks_from_an_earlier_write():
     store = make_store()
     pool = store.pool
-    cmap = ChunkMap()
+    cmap = store.new_map()
     old = os.urandom(3 * CHUNK)
     await store.write(cmap, 0, old)                     # staged, not flushed
     assert pool.reserved_pages == 3 * pool.worst_case_pages(CHUNK) and pool.pages_used == 0
@@ -527,7 +512,7 @@ async def test_mem_limit_part_way_with_staged_chunks_from_an_earlier_write():
     written = await store.write(cmap, 3 * CHUNK, big)
     assert 0 < written < len(big) and written % CHUNK == 0
     assert read_all(store, cmap, 3 * CHUNK + written) == old + big[:written]
-    assert len(cmap) == 3 + written // CHUNK
+    assert store.maps.chunks(cmap) == 3 + written // CHUNK
     assert store.orig_bytes == 3 * CHUNK + written
     await store.flush()
     assert store.staged_bytes == 0 and pool.reserved_pages == 0
@@ -544,25 +529,25 @@ async def test_mem_limit_part_way_with_staged_chunks_from_an_earlier_write():
 async def test_mem_limit_with_nothing_staged_raises_and_keeps_earlier_bytes():
     store = make_store()
     pool = store.pool
-    cmap = ChunkMap()
+    cmap = store.new_map()
     old = os.urandom(3 * CHUNK)
     await store.write(cmap, 0, old)
     await store.flush()
     pool.mem_limit = pool.pages_used * PAGE_SIZE
-    before = (pool.stats(), store.stats(), cmap.stored_bytes)
+    before = (pool.stats(), store.stats(), store.maps.stored[cmap])
     for offset, data in [(CHUNK, os.urandom(CHUNK)), (3 * CHUNK, os.urandom(3 * CHUNK)),
                          (100, os.urandom(50))]:
         with pytest.raises(NoSpace):
             await store.write(cmap, offset, data)
         assert read_all(store, cmap, 4 * CHUNK) == old + bytes(CHUNK)
-        assert (pool.stats(), store.stats(), cmap.stored_bytes) == before
+        assert (pool.stats(), store.stats(), store.maps.stored[cmap]) == before
         assert store.staged_bytes == 0 and pool.reserved_pages == 0
 
 
 async def test_a_failed_rewrite_of_a_staged_chunk_keeps_its_content():
     store = make_store()
     pool = store.pool
-    cmap = ChunkMap()
+    cmap = store.new_map()
     old = os.urandom(100)
     await store.write(cmap, 0, old)                      # staged under a small reservation
     pool.mem_limit = (pool.pages_used + pool.reserved_pages) * PAGE_SIZE
@@ -577,7 +562,7 @@ async def test_a_failed_rewrite_of_a_staged_chunk_keeps_its_content():
 async def test_release_of_staged_chunks_returns_reservations_and_pages():
     store = make_store()
     pool = store.pool
-    keep, gone = ChunkMap(), ChunkMap()
+    keep, gone = store.new_map(), store.new_map()
     kept = text(3 * CHUNK, seed=5)
     await store.write(keep, 0, kept)
     await store.write(gone, 0, text(6 * CHUNK, seed=6) + os.urandom(CHUNK))
@@ -588,7 +573,7 @@ async def test_release_of_staged_chunks_returns_reservations_and_pages():
     await store.write(keep, 5 * CHUNK, b"later")
     assert store.staged_bytes > 0 and pool.reserved_pages > 0
     store.release(gone)
-    assert gone.stored_bytes == 0 and len(gone) == 0
+    assert gone not in store.maps
     assert pool.reserved_pages == pool.worst_case_pages(5)       # keep's staged chunk only
     await store.flush()
     assert pool.pages_used > 0
@@ -666,7 +651,9 @@ async def drop(store, cmap, model):
 
 
 async def release(store, cmap, model):
+    """The file goes, and a new file takes its map number."""
     store.release(cmap)
+    assert store.new_map() == cmap
     model_truncate(model, 0)
 
 
@@ -677,7 +664,7 @@ async def test_a_change_during_compression_drops_the_stale_result(change, over_s
                                                                  monkeypatch):
     store = make_store()
     pool = store.pool
-    cmap, other = ChunkMap(), ChunkMap()
+    cmap, other = store.new_map(), store.new_map()
     model, other_data = bytearray(), text(2 * CHUNK, seed=23)
     if over_stored:                       # the staged chunks replace stored ones
         first = text(CHUNK + 5000, seed=24)
@@ -705,7 +692,7 @@ async def test_a_change_during_compression_drops_the_stale_result(change, over_s
 
 async def test_a_compression_cancelled_in_its_thread_is_stored_later(monkeypatch):
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(2 * CHUNK, seed=25)
     await store.write(cmap, 0, data)
     async with compression_held(store, monkeypatch, store.run) as nursery:
@@ -718,7 +705,7 @@ async def test_a_compression_cancelled_in_its_thread_is_stored_later(monkeypatch
 
 async def test_a_failed_compression_leaves_its_chunks_staged(monkeypatch):
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(3 * CHUNK, seed=27)
     await store.write(cmap, 0, data)
     reserved = store.pool.reserved_pages
@@ -744,7 +731,7 @@ async def test_a_failed_compression_leaves_its_chunks_staged(monkeypatch):
 async def test_write_does_not_keep_a_view_of_the_callers_buffer():
     """Staged contents must not alias a writable buffer the caller may reuse."""
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     buf = bytearray(text(2 * CHUNK, seed=26))
     expected = bytes(buf)
     assert await store.write(cmap, 0, memoryview(buf)) == len(buf)
@@ -779,7 +766,7 @@ async def test_flush_returns_while_a_writer_keeps_rewriting_its_chunks(monkeypat
     flush waited for as long as the rewrites went on.)
     """
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     model = bytearray()
     size = 4 * CHUNK
     first = text(size, seed=28)
@@ -817,7 +804,7 @@ async def test_compressors_store_chunks_a_writer_keeps_rewriting(monkeypatch):
     the chunks are stored as soon as the writer stops."""
     monkeypatch.setattr(staging, "GATHER_SECONDS", 0)
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     model = bytearray()
     rewrites = 0
     limit = 10
@@ -846,7 +833,7 @@ async def test_a_compressor_failure_is_logged_and_the_chunks_are_stored_later(mo
     """An unexpected exception in a background compressor must not stop the mount."""
     monkeypatch.setattr(staging, "RETRY_SECONDS", 0)
     store = make_store()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(3 * CHUNK, seed=29)
     failures = 0
     for codec in store.queue._idle_codecs:
@@ -873,10 +860,10 @@ async def test_a_compressor_failure_is_logged_and_the_chunks_are_stored_later(mo
 
 # Large reads decompress on a worker thread (read_parallel).
 
-async def mixed_file(store: ChunkStore, seed: int) -> tuple[ChunkMap, bytearray]:
+async def mixed_file(store: ChunkStore, seed: int) -> tuple[int, bytearray]:
     """A file of zstd, raw, filled, staged chunks and holes, and its model."""
     rng = random.Random(seed)
-    cmap, model = ChunkMap(), bytearray()
+    cmap, model = store.new_map(), bytearray()
     for idx in range(40):
         kind = rng.choice(["text", "noise", "fill", "hole", "short"])
         if kind == "hole":
@@ -911,7 +898,7 @@ async def test_reads_decode_runs_of_frames_only_across_whole_chunks():
     (its frame still holds the stale tail), a short chunk, a hole or a raw chunk
     must end the stream, or the bytes after it would shift."""
     store = make_store()
-    cmap, model = ChunkMap(), bytearray()
+    cmap, model = store.new_map(), bytearray()
     for idx in range(12):
         model_write(model, idx * CHUNK, text(CHUNK, seed=idx))
     await store.write(cmap, 0, bytes(model))
@@ -923,7 +910,8 @@ async def test_reads_decode_runs_of_frames_only_across_whole_chunks():
         await store.write(cmap, offset, data)
         model_write(model, offset, data)
     await store.flush()
-    assert [entry_kind(cmap.get(i)) for i in range(10) if cmap.get(i) is not None] == [
+    entries = [store.maps.get(cmap, i) for i in range(10)]
+    assert [entry_kind(e) for e in entries if e is not None] == [
         Encoding.ZSTD] * 6 + [Encoding.RAW] + [Encoding.ZSTD] * 2
     size = len(model)
     for offset in range(0, size, 3001):
@@ -958,7 +946,7 @@ async def test_a_parallel_read_returns_what_was_there_when_it_began(monkeypatch)
             nursery.start_soon(reader)
             assert await trio.to_thread.run_sync(started.wait, 30)
             store.release(cmap)                        # frees every object of the file
-            other = ChunkMap()
+            other = store.new_map()
             await store.write(other, 0, os.urandom(20 * CHUNK))   # reuses its pages
             await store.flush()
             store.pool.compact()

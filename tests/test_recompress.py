@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from zsfs import chunkstore, recompress, staging
-from zsfs.chunkstore import (RAW_SEEN, STAGED, ZSTD_DICT, ZSTD_SEEN, ChunkMap, ChunkStore,
+from zsfs.chunkstore import (RAW_SEEN, STAGED, ZSTD_DICT, ZSTD_SEEN, ChunkStore,
                              entry_kind, entry_length, entry_payload, entry_tag)
 from zsfs.codec import FILL_WORD, Codec, Dictionary, DictionaryError, Encoding
 from zsfs.recompress import NoRoom, NotEnoughData, Recompressor, Versions
@@ -53,7 +53,7 @@ def text(n: int, seed: int = 0) -> bytes:
 class Node:
     """What the recompressor needs of an inode."""
 
-    def __init__(self, cmap: ChunkMap, age: float = 3600.0) -> None:
+    def __init__(self, cmap: int, age: float = 3600.0) -> None:
         self.data = cmap
         self.mtime_ns = self.ctime_ns = time.time_ns() - int(age * 1e9)
 
@@ -64,7 +64,7 @@ class FakeTree:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
 
-    def add(self, cmap: ChunkMap, age: float = 3600.0) -> Node:
+    def add(self, cmap: int, age: float = 3600.0) -> Node:
         node = Node(cmap, age)
         self.nodes.append(node)
         return node
@@ -73,11 +73,11 @@ class FakeTree:
         for node in list(self.nodes):
             changed = max(node.mtime_ns, node.ctime_ns)
             idle = changed_before is None or changed < changed_before
-            yield node.data if len(node.data) and idle else None
+            yield node.data if idle else 0
 
 
-def kinds(cmap: ChunkMap) -> list[int]:
-    return [entry_kind(cmap.get(i)) for i in sorted(cmap.indexes())]
+def kinds(store: ChunkStore, cmap: int) -> list[int]:
+    return [entry_kind(store.maps.get(cmap, i)) for i in sorted(store.maps.indexes(cmap))]
 
 
 def check_counters(store: ChunkStore, maps) -> None:
@@ -90,8 +90,8 @@ def check_counters(store: ChunkStore, maps) -> None:
     per_tag: dict[int, int] = {}
     for cmap in maps:
         stored = 0
-        for idx in cmap.indexes():
-            entry = cmap.get(idx)
+        for idx in store.maps.indexes(cmap):
+            entry = store.maps.get(cmap, idx)
             kind, length, payload = entry_kind(entry), entry_length(entry), entry_payload(entry)
             assert kind != STAGED
             chunks += 1
@@ -108,7 +108,7 @@ def check_counters(store: ChunkStore, maps) -> None:
                 dict_chunks += 1
                 tag = entry_tag(entry)
                 per_tag[tag] = per_tag.get(tag, 0) + 1
-        assert cmap.stored_bytes == stored
+        assert store.maps.stored[cmap] == stored
     assert len(set(handles)) == len(handles)
     s = pool.stats()
     assert s.objects == len(handles)
@@ -127,17 +127,17 @@ def check_counters(store: ChunkStore, maps) -> None:
     assert versions.dictionary_pages == sum(-(-d.memory // PAGE) for d in dictionaries)
 
 
-def read_all(store: ChunkStore, cmap: ChunkMap, size: int) -> bytes:
+def read_all(store: ChunkStore, cmap: int, size: int) -> bytes:
     return bytes(store.read(cmap, 0, size))
 
 
 async def fill_store(store: ChunkStore, tree: FakeTree, files: int, seed: int = 0,
-                     age: float = 3600.0) -> list[tuple[ChunkMap, bytearray]]:
+                     age: float = 3600.0) -> list[tuple[int, bytearray]]:
     """Files of every chunk kind: text (zstd), noise (raw), fills, short and cut chunks."""
     rng = random.Random(seed)
     out = []
     for f in range(files):
-        cmap, model = ChunkMap(), bytearray()
+        cmap, model = store.new_map(), bytearray()
         for idx in range(rng.randrange(1, 5)):
             kind = rng.choice(["text", "text", "text", "noise", "fill", "hole", "short"])
             data = {"text": lambda: text(CHUNK, seed=seed * 1000 + f * 10 + idx),
@@ -229,8 +229,8 @@ async def test_recompress_all_keeps_every_byte_and_saves_memory(monkeypatch):
     # every chunk has been seen by the current version: a second pass does nothing
     tag = store.versions.current.tag
     for cmap, _ in files:
-        for idx in cmap.indexes():
-            entry = cmap.get(idx)
+        for idx in store.maps.indexes(cmap):
+            entry = store.maps.get(cmap, idx)
             assert not store.needs_recompression(entry)
             if entry_kind(entry) != Encoding.FILL:
                 assert entry_kind(entry) in (ZSTD_DICT, ZSTD_SEEN, RAW_SEEN)
@@ -248,12 +248,12 @@ async def test_without_dictionary_frames_are_recompressed_stronger():
     check_models(store, files)
     check_counters(store, [c for c, _ in files])
     assert store.stats().dictionaries == 0
-    assert not any(entry_kind(c.get(i)) == ZSTD_DICT for c, _ in files for i in c.indexes())
+    assert not any(ZSTD_DICT in kinds(store, c) for c, _ in files)
 
 
 async def test_idle_pass_takes_only_files_left_alone():
     store, tree = make_store(), FakeTree()
-    old, fresh = ChunkMap(), ChunkMap()
+    old, fresh = store.new_map(), store.new_map()
     await store.write(old, 0, text(3 * CHUNK, seed=1))
     await store.write(fresh, 0, text(3 * CHUNK, seed=2))
     await store.flush()
@@ -262,32 +262,32 @@ async def test_idle_pass_takes_only_files_left_alone():
     node.ctime_ns = time.time_ns()         # e.g. a chmod or a utimes just now
     rc = make_recompressor(store, tree, idle_age=60, dictionary=False)
     await rc.recompress(idle_only=True)
-    assert set(kinds(old)) == {ZSTD_SEEN} and set(kinds(fresh)) == {Encoding.ZSTD}
+    assert set(kinds(store, old)) == {ZSTD_SEEN} and set(kinds(store, fresh)) == {Encoding.ZSTD}
     rc.idle_age = 0                        # 0: every file counts as idle
     await rc.recompress(idle_only=True)
-    assert set(kinds(fresh)) == {ZSTD_SEEN}
+    assert set(kinds(store, fresh)) == {ZSTD_SEEN}
     assert read_all(store, old, 3 * CHUNK) == text(3 * CHUNK, seed=1)
     assert read_all(store, fresh, 3 * CHUNK) == text(3 * CHUNK, seed=2)
 
 
 async def test_a_larger_result_is_not_kept_but_marked_seen():
     store, tree = make_store(), FakeTree()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(CHUNK, seed=5)
     await store.write(cmap, 0, data)
     await store.flush()
     tree.add(cmap)
-    handle = entry_payload(cmap.get(0))
+    handle = entry_payload(store.maps.get(cmap, 0))
     # level 1 again cannot beat level 1: the object stays, the chunk is marked seen
     rc = make_recompressor(store, tree, level=1, dictionary=False)
     assert await rc.recompress(idle_only=False) == 0
-    entry = cmap.get(0)
+    entry = store.maps.get(cmap, 0)
     assert entry_kind(entry) == ZSTD_SEEN and entry_payload(entry) == handle
     assert entry_tag(entry) == store.versions.current.tag
     assert store.recompressed_chunks == 0 and store.recompress_saved_bytes == 0
     # a new level is a new version: the chunk is a candidate again
     rc.level = 9
-    assert store.needs_recompression(cmap.get(0))
+    assert store.needs_recompression(store.maps.get(cmap, 0))
     assert await rc.recompress(idle_only=False) == 1
     assert read_all(store, cmap, CHUNK) == data
     check_counters(store, [cmap])
@@ -343,16 +343,18 @@ async def drop(store, cmap, model):
 
 
 async def release(store, cmap, model):
+    """The file goes, and a new file takes its map number."""
     store.release(cmap)
+    assert store.new_map() == cmap
     model_truncate(model, 0)
 
 
 async def release_and_reuse(store, cmap, model):
-    """The chunks' handles are freed and taken by new objects of the same lengths."""
-    lengths = [store.pool.size(entry_payload(cmap.get(i))) for i in sorted(cmap.indexes())]
-    handles = [entry_payload(cmap.get(i)) for i in sorted(cmap.indexes())]
-    store.release(cmap)
-    model_truncate(model, 0)
+    """The file goes, a new file takes its map number, and the chunks' handles are
+    taken by new objects of the same lengths."""
+    handles = [entry_payload(store.maps.get(cmap, i)) for i in sorted(store.maps.indexes(cmap))]
+    lengths = [store.pool.size(h) for h in handles]
+    await release(store, cmap, model)
     taken = [store.pool.malloc(n) for n in reversed(lengths)]
     for h in taken:
         store.pool.write(h, os.urandom(store.pool.size(h)))
@@ -360,7 +362,7 @@ async def release_and_reuse(store, cmap, model):
 
 
 async def compact(store, cmap, model):
-    other = ChunkMap()
+    other = store.new_map()
     await store.write(other, 0, text(20 * CHUNK, seed=79))
     await store.flush()
     store.release(other)
@@ -375,7 +377,7 @@ async def lower_mem_limit(store, cmap, model):
                                     release_and_reuse, compact, lower_mem_limit])
 async def test_a_change_during_recompression_drops_the_stale_result(change, monkeypatch):
     store, tree = make_store(), FakeTree()
-    cmap, other = ChunkMap(), ChunkMap()
+    cmap, other = store.new_map(), store.new_map()
     model = bytearray(text(3 * CHUNK + 500, seed=70))
     other_data = text(2 * CHUNK, seed=71)
     await store.write(cmap, 0, bytes(model))
@@ -387,24 +389,25 @@ async def test_a_change_during_recompression_drops_the_stale_result(change, monk
     async with recompression_held(rc, monkeypatch):
         await change(store, cmap, model)
         assert read_all(store, cmap, len(model)) == model
-        handles_then = {entry_payload(cmap.get(i)) for i in cmap.indexes()
-                        if entry_kind(cmap.get(i)) != STAGED}
+        handles_then = {entry_payload(store.maps.get(cmap, i)) for i in store.maps.indexes(cmap)
+                        if entry_kind(store.maps.get(cmap, i)) != STAGED}
     await store.flush()
     assert read_all(store, cmap, len(model)) == model
     assert read_all(store, other, len(other_data)) == other_data
     # nothing of cmap's that the change touched was replaced by a stale result
     if change in (release, release_and_reuse, drop):
-        assert len(cmap) == 0
+        assert store.maps.chunks(cmap) == 0
     if change is release_and_reuse:
         assert store.pool.stats().objects >= 4
     store.pool.mem_limit = 0
-    maps = [other] + ([cmap] if len(cmap) else [])
+    maps = [other] + ([cmap] if store.maps.chunks(cmap) else [])
     if change is not release_and_reuse:
         check_counters(store, maps)
     # what is left of the file recompresses on a later pass
     await rc.recompress(idle_only=False)
     assert read_all(store, cmap, len(model)) == model
-    assert not any(store.needs_recompression(c.get(i)) for c in maps for i in c.indexes())
+    assert not any(store.needs_recompression(store.maps.get(c, i))
+                   for c in maps for i in store.maps.indexes(c))
     del handles_then
 
 
@@ -480,7 +483,7 @@ async def test_old_dictionary_is_freed_with_its_last_chunk(monkeypatch):
     await rc.recompress(idle_only=False)
     first = store.versions.current
     await rc.retrain()
-    users = [c for c, _ in files if any(entry_kind(c.get(i)) == ZSTD_DICT for i in c.indexes())]
+    users = [c for c, _ in files if ZSTD_DICT in kinds(store, c)]
     for cmap in users[:-1]:
         store.release(cmap)
         assert store.versions.dictionaries == 2
@@ -510,7 +513,7 @@ async def test_dictionary_off_moves_chunks_off_it_and_frees_it(monkeypatch):
 
 async def test_too_little_data_means_no_dictionary():
     store, tree = make_store(), FakeTree()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     await store.write(cmap, 0, text(100))
     await store.flush()
     tree.add(cmap)
@@ -542,7 +545,7 @@ async def test_reads_and_parallel_reads_of_recompressed_files(monkeypatch):
     monkeypatch.setattr(recompress, "DICT_MIN_DATA", 64 << 10)
     store, tree = make_store(), FakeTree()
     files = await fill_store(store, tree, 30, seed=9)
-    big, big_model = ChunkMap(), bytearray()
+    big, big_model = store.new_map(), bytearray()
     for idx in range(40):
         data = [text(CHUNK, seed=idx), os.urandom(CHUNK), b"\x11" * CHUNK][idx % 3]
         await store.write(big, idx * CHUNK, data)
@@ -561,8 +564,7 @@ async def test_reads_and_parallel_reads_of_recompressed_files(monkeypatch):
     late = text(3 * CHUNK, seed=600)
     await store.write(big, 5 * CHUNK + 10, late)       # staged, when read
     model_write(big_model, 5 * CHUNK + 10, late)
-    assert {entry_kind(big.get(i)) for i in big.indexes()} >= {ZSTD_DICT, RAW_SEEN,
-                                                               Encoding.FILL, STAGED}
+    assert set(kinds(store, big)) >= {ZSTD_DICT, RAW_SEEN, Encoding.FILL, STAGED}
     rng = random.Random(10)
     size = len(big_model)
     for _ in range(30):
@@ -577,7 +579,7 @@ async def test_reads_and_parallel_reads_of_recompressed_files(monkeypatch):
 async def test_a_parallel_read_keeps_a_dictionary_retired_meanwhile(monkeypatch):
     monkeypatch.setattr(recompress, "DICT_MIN_DATA", 64 << 10)
     store, tree = make_store(), FakeTree()
-    cmap, model = ChunkMap(), bytearray()
+    cmap, model = store.new_map(), bytearray()
     for idx in range(30):
         data = text(CHUNK, seed=idx)
         await store.write(cmap, idx * CHUNK, data)
@@ -586,7 +588,7 @@ async def test_a_parallel_read_keeps_a_dictionary_retired_meanwhile(monkeypatch)
     tree.add(cmap)
     rc = make_recompressor(store, tree)
     await rc.recompress(idle_only=False)
-    assert set(kinds(cmap)) == {ZSTD_DICT}
+    assert set(kinds(store, cmap)) == {ZSTD_DICT}
     started, go = threading.Event(), threading.Event()
     codec = Codec(1, store.pool.huge_class_size)
 
@@ -626,7 +628,7 @@ async def until(predicate, seconds: float = 30) -> None:
 
 async def test_background_pass_recompresses_idle_files(autojump_clock):
     store, tree = make_store(), FakeTree()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     data = text(4 * CHUNK, seed=11)
     await store.write(cmap, 0, data)
     await store.flush()
@@ -637,9 +639,9 @@ async def test_background_pass_recompresses_idle_files(autojump_clock):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rc.run)
         await trio.sleep(20)
-        assert set(kinds(cmap)) == {Encoding.ZSTD}           # not idle yet
+        assert set(kinds(store, cmap)) == {Encoding.ZSTD}           # not idle yet
         node.mtime_ns = node.ctime_ns = time.time_ns() - int(40e9)
-        await until(lambda: set(kinds(cmap)) == {ZSTD_SEEN} and kicked)
+        await until(lambda: set(kinds(store, cmap)) == {ZSTD_SEEN} and kicked)
         assert rc.passes_background >= 1
         nursery.cancel_scope.cancel()
     assert read_all(store, cmap, len(data)) == data
@@ -647,19 +649,19 @@ async def test_background_pass_recompresses_idle_files(autojump_clock):
 
 async def test_background_pass_waits_for_staged_writes(autojump_clock):
     store, tree = make_store(), FakeTree()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     await store.write(cmap, 0, text(4 * CHUNK, seed=12))
     await store.flush()
     tree.add(cmap)
-    writing = ChunkMap()
+    writing = store.new_map()
     await store.write(writing, 0, text(CHUNK, seed=13))     # staged, compressors not running
     rc = Recompressor(store, tree, idle_age=1, level=6, dictionary=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rc.run)
         await trio.sleep(10)
-        assert set(kinds(cmap)) == {Encoding.ZSTD}
+        assert set(kinds(store, cmap)) == {Encoding.ZSTD}
         await store.flush()
-        await until(lambda: set(kinds(cmap)) == {ZSTD_SEEN})
+        await until(lambda: set(kinds(store, cmap)) == {ZSTD_SEEN})
         nursery.cancel_scope.cancel()
 
 
@@ -692,7 +694,7 @@ async def test_a_failed_background_pass_is_logged_and_changes_nothing(monkeypatc
 
 async def test_changing_the_idle_age_applies_to_the_wait_under_way(autojump_clock):
     store, tree = make_store(), FakeTree()
-    cmap = ChunkMap()
+    cmap = store.new_map()
     await store.write(cmap, 0, text(CHUNK, seed=15))
     await store.flush()
     tree.add(cmap, age=3600)
@@ -709,7 +711,7 @@ async def test_changing_the_idle_age_applies_to_the_wait_under_way(autojump_cloc
         nursery.start_soon(rc.run)
         await trio.sleep(1)
         rc.idle_age = 2
-        await until(lambda: set(kinds(cmap)) == {ZSTD_SEEN})
+        await until(lambda: set(kinds(store, cmap)) == {ZSTD_SEEN})
         assert started[0] < 2           # not after the 60 s it was waiting for
         nursery.cancel_scope.cancel()
 
@@ -752,7 +754,7 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
     rng = random.Random(seed)
     files = []
     for f in range(4):
-        cmap, model = ChunkMap(), bytearray()
+        cmap, model = store.new_map(), bytearray()
         node = tree.add(cmap, age=3600)
         files.append([cmap, model, node])
     for cmap, model, _ in files:                    # enough to train on
@@ -791,7 +793,7 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
                     model_truncate(model, size)
                 elif op < 0.8:
                     store.release(cmap)
-                    new = ChunkMap()
+                    new = store.new_map()
                     node.data = new
                     files[i] = [new, bytearray(), node]
                 elif op < 0.85:

@@ -29,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from zsfs.chunkstore import ChunkStore
 from zsfs.directory import FIRST_COOKIE, Directory
 from zsfs import directory as directory_module
-from zsfs import inodes
+from zsfs import slots
 from zsfs.inodes import FREE
 from zsfs.tree import ROOT_INODE, Tree
 from zsfs.zsmalloc import Pool
@@ -118,7 +118,7 @@ class TreeMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.slack, inodes._FREE_LIST_SLACK = inodes._FREE_LIST_SLACK, 4  # rebuild it often
+        self.slack, slots._FREE_LIST_SLACK = slots._FREE_LIST_SLACK, 4  # rebuild it often
         pool = Pool(max_object_size=4096, arena_capacity=64 << 20)
         self.tree = Tree(ChunkStore(pool, 4096, level=1))
         self.dirs: dict[int, dict[bytes, int]] = {ROOT_INODE: {}}
@@ -129,7 +129,7 @@ class TreeMachine(RuleBasedStateMachine):
         self.data: dict[int, bytes] = {}
 
     def teardown(self) -> None:
-        inodes._FREE_LIST_SLACK = self.slack
+        slots._FREE_LIST_SLACK = self.slack
 
     def run(self, fn, *args):
         return trio.run(fn, *args)
@@ -290,9 +290,12 @@ class TreeMachine(RuleBasedStateMachine):
         for ino in range(1, len(t)):
             if ino not in self.kind:
                 assert t.mode[ino] == FREE and t.node[ino] is None and ino not in t.xattrs
+                assert t.data[ino] == 0
         reusable = [ino for ino in t._free if ino < len(t)]
         assert sorted(reusable) == sorted(set(range(1, len(t))) - set(self.kind))
         assert t.mode[-1] != FREE or 2 * tree.inode_count > len(t)
+        maps = [t.data[ino] for ino in self.kind if t.data[ino]]
+        assert len(set(maps)) == len(maps) == tree.store.maps.count
         if not self.data:                                 # every file gone: nothing left
             assert tree.store.chunks == 0 and tree.store.pool.pages_used == 0
 

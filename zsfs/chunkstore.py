@@ -2,9 +2,10 @@
 
 A file's data is cut into ``chunk_size`` pieces. Chunk ``i`` covers bytes
 ``[i * chunk_size, (i + 1) * chunk_size)`` and holds *content*: the first ``length``
-bytes of that range, the rest of the range reading as zeros. A chunk map only has
-entries for chunks that got data, so holes cost nothing and a map costs memory in
-proportion to the chunks stored, never to the file size.
+bytes of that range, the rest of the range reading as zeros. A chunk map (a number
+in ``maps``: chunkmaps.py) only has entries for chunks that got data, so holes cost
+nothing and a map costs memory in proportion to the chunks stored, never to the
+file size.
 
 An entry is one int packing kind, length and payload (``pack_entry``), where the
 payload is a pool handle (zstd or raw chunks), the fill word (same-filled chunks,
@@ -54,6 +55,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from .chunkmaps import ChunkMaps
 from .codec import FILL_WORD, Buffer, Codec, Dictionary, Encoding, Payload, fill_bytes
 from .recompress import TAG_BITS, Version, Versions
 from .staging import CompressionQueue, Staged
@@ -115,7 +117,7 @@ def with_length(entry: int, length: int) -> int:
 
 
 def _fill_cost(word: int) -> int:
-    """Bytes a fill entry counts in ``stored_bytes``: its word, unless it is zero.
+    """Bytes a fill entry counts in its map's stored bytes: its word, unless it is zero.
 
     A file of, say, 0xab bytes must not show zero blocks: archivers (``tar -S``)
     take a non-empty file with ``st_blocks == 0`` for one big hole and skip reading it.
@@ -125,66 +127,6 @@ def _fill_cost(word: int) -> int:
 
 class NoSpace(Exception):
     """The write would pass the logical capacity (``size=``) or the memory limit."""
-
-
-class ChunkMap:
-    """The chunks of one file: chunk index -> entry, and the bytes of RAM they hold.
-
-    Most files have one chunk, and a one-entry dict costs 224 bytes, several times
-    the chunk's own bookkeeping; so a single entry is kept inline and a dict is made
-    only for a second one.
-    """
-
-    __slots__ = ("_index", "_entry", "_dict", "stored_bytes")
-
-    def __init__(self) -> None:
-        self._index = -1                      # the inline entry's chunk, -1 for none
-        self._entry = 0
-        self._dict: dict[int, int] | None = None
-        self.stored_bytes = 0
-
-    def get(self, index: int) -> int | None:
-        if self._dict is not None:
-            return self._dict.get(index)
-        return self._entry if index == self._index else None
-
-    def __setitem__(self, index: int, entry: int) -> None:
-        if self._dict is not None:
-            self._dict[index] = entry
-        elif self._index < 0 or self._index == index:
-            self._index, self._entry = index, entry
-        else:
-            self._dict = {self._index: self._entry, index: entry}
-            self._index = -1
-
-    def pop(self, index: int) -> int:
-        if self._dict is None:
-            if index != self._index:
-                raise KeyError(index)
-            self._index = -1
-            return self._entry
-        entry = self._dict.pop(index)
-        if len(self._dict) == 1:
-            ((self._index, self._entry),) = self._dict.items()
-            self._dict = None
-        return entry
-
-    def indexes(self) -> list[int]:
-        if self._dict is not None:
-            return list(self._dict)
-        return [self._index] if self._index >= 0 else []
-
-    def entries(self) -> list[int]:
-        if self._dict is not None:
-            return list(self._dict.values())
-        return [self._entry] if self._index >= 0 else []
-
-    def __len__(self) -> int:
-        return len(self._dict) if self._dict is not None else int(self._index >= 0)
-
-    def clear(self) -> None:
-        self._index = -1
-        self._dict = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +171,7 @@ class Recoding:
 
     __slots__ = ("cmap", "index", "entry", "frame", "compressed", "dictionary")
 
-    def __init__(self, cmap: ChunkMap, index: int, entry: int, frame: bytes, compressed: bool,
+    def __init__(self, cmap: int, index: int, entry: int, frame: bytes, compressed: bool,
                  dictionary: Dictionary | None) -> None:
         self.cmap = cmap
         self.index = index
@@ -314,6 +256,7 @@ class ChunkStore:
         self.queue = CompressionQueue(
             [Codec(level, pool.huge_class_size, threads=1) for _ in range(COMPRESSORS)],
             self._commit_staged)
+        self.maps = ChunkMaps()
         self.orig_bytes = 0
         self.chunks = 0
         self.same_chunks = 0
@@ -357,12 +300,12 @@ class ChunkStore:
             return None
         return self.versions.get(entry_tag(entry)).dictionary
 
-    def read(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
+    def read(self, cmap: int, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes at ``offset`` (the caller clips to the file size)."""
         cs = self.chunk_size
         first, in_chunk = divmod(offset, cs)
         if in_chunk + length <= cs:
-            entry = cmap.get(first)
+            entry = self.maps.get(cmap, first)
             if entry is None:
                 return bytes(length)
             content = self._content(entry)
@@ -370,7 +313,7 @@ class ChunkStore:
             return piece + bytes(length - len(piece)) if len(piece) < length else piece
         return _assemble(self.codec, length, *self._gather(cmap, offset, length))
 
-    async def read_parallel(self, cmap: ChunkMap, offset: int, length: int) -> bytes | bytearray:
+    async def read_parallel(self, cmap: int, offset: int, length: int) -> bytes | bytearray:
         """``read``, but a large read decompresses on a worker thread.
 
         The event loop meanwhile serves other requests, among them the kernel's
@@ -392,7 +335,7 @@ class ChunkStore:
         finally:
             self._read_codecs.append(codec)
 
-    def _gather(self, cmap: ChunkMap, offset: int, length: int) -> tuple[Pieces, Runs]:
+    def _gather(self, cmap: int, offset: int, length: int) -> tuple[Pieces, Runs]:
         """What a read needs from the arena, copied out: the pieces of its buffer that are
         not zstd chunks (holes are left out: zeros), and the runs of frames for the rest.
 
@@ -408,10 +351,10 @@ class ChunkStore:
         runs: list[_Run] = []
         run: _Run | None = None     # the run the next chunk's frame may extend
         pos = 0
-        get = cmap.get
+        get = self.maps.get
         while pos < length:
             n = min(cs - in_chunk, length - pos)
-            entry = get(idx)
+            entry = get(cmap, idx)
             if entry is not None and entry_kind(entry) in _FRAMES:
                 held = entry_length(entry)
                 dictionary = self._dictionary(entry)
@@ -434,7 +377,7 @@ class ChunkStore:
 
     # -- writing ------------------------------------------------------------------
 
-    async def write(self, cmap: ChunkMap, offset: int, data: Buffer) -> int:
+    async def write(self, cmap: int, offset: int, data: Buffer) -> int:
         """Store ``data`` at ``offset``; return the bytes stored.
 
         The new contents are computed before the first ``await``; that is sound
@@ -477,7 +420,7 @@ class ChunkStore:
         except trio.WouldBlock:
             await self._write_lock.acquire()
 
-    def _stage(self, cmap: ChunkMap, idx: int, content: Buffer) -> bool:
+    def _stage(self, cmap: int, idx: int, content: Buffer) -> bool:
         """Accept ``content`` as chunk ``idx``'s new content, to be compressed later.
 
         A chunk staged and still queued takes the new content in place (keeping its
@@ -486,7 +429,7 @@ class ChunkStore:
         reserve the room the content might need. Raises NoSpace past the logical
         capacity.
         """
-        entry = cmap.get(idx)
+        entry = self.maps.get(cmap, idx)
         length = len(content)
         old_len = 0 if entry is None else entry_length(entry)
         if self.capacity and self.orig_bytes - old_len + length > self.capacity:
@@ -518,20 +461,20 @@ class ChunkStore:
             self.chunks += 1
         grown = length - old_len
         self.staged_bytes += grown
-        cmap.stored_bytes += grown
+        self.maps.stored[cmap] += grown
         self.orig_bytes += grown
-        cmap[idx] = pack_entry(STAGED, length, staged.slot)
+        self.maps.set(cmap, idx, pack_entry(STAGED, length, staged.slot))
         self.queue.add(staged)
         return True
 
-    def _new_staged(self, cmap: ChunkMap, idx: int, content: Buffer, old: int | None,
+    def _new_staged(self, cmap: int, idx: int, content: Buffer, old: int | None,
                     pages: int) -> Staged:
         slot = self._next_slot
         self._next_slot += 1
         staged = self._staged[slot] = Staged(cmap, idx, slot, content, old, pages)
         return staged
 
-    async def _store_now(self, cmap: ChunkMap, idx: int, content: Buffer) -> None:
+    async def _store_now(self, cmap: int, idx: int, content: Buffer) -> None:
         """Compress and store one chunk in the request: the pool is (nearly) full."""
         kind, payload = self.codec.encode(content)
         try:
@@ -569,7 +512,7 @@ class ChunkStore:
         not the content's, is what it holds (the object keeps a stale tail).
         """
         cmap, idx = staged.cmap, staged.index
-        entry = cmap.get(idx)
+        entry = self.maps.get(cmap, idx)
         assert entry is not None and entry_payload(entry) == staged.slot
         value, stored = self._place(kind, payload, staged.pages)
         staged.pages = 0
@@ -582,7 +525,7 @@ class ChunkStore:
         end = min(offset + length, (idx + 1) * self.chunk_size)
         return end - start
 
-    def _new_contents(self, cmap: ChunkMap, offset: int,
+    def _new_contents(self, cmap: int, offset: int,
                       data: memoryview) -> list[tuple[int, memoryview | bytearray]]:
         """The new content of each chunk the write touches (read-modify-write at the edges)."""
         cs = self.chunk_size
@@ -592,7 +535,7 @@ class ChunkStore:
         while pos < end:
             idx, in_chunk = divmod(offset + pos, cs)
             n = min(cs - in_chunk, end - pos)
-            entry = cmap.get(idx)
+            entry = self.maps.get(cmap, idx)
             old_len = 0 if entry is None else entry_length(entry)
             if in_chunk == 0 and n >= old_len:
                 content: memoryview | bytearray = data[pos:pos + n]
@@ -605,13 +548,13 @@ class ChunkStore:
             pos += n
         return pieces
 
-    def _commit(self, cmap: ChunkMap, idx: int, length: int, kind: Encoding,
+    def _commit(self, cmap: int, idx: int, length: int, kind: Encoding,
                 payload: Payload) -> None:
         """Replace chunk ``idx`` with an encoded content: allocate new, then free old.
 
         Raises NoSpace (capacity) or PoolFull (mem_limit) with nothing changed.
         """
-        old = cmap.get(idx)
+        old = self.maps.get(cmap, idx)
         old_len = 0 if old is None else entry_length(old)
         if self.capacity and self.orig_bytes - old_len + length > self.capacity:
             raise NoSpace("file system full (size=)")
@@ -634,10 +577,10 @@ class ChunkStore:
         self.pool.write(handle, payload)           # type: ignore[arg-type]
         return handle, size
 
-    def _install(self, cmap: ChunkMap, idx: int, length: int, kind: int, value: int,
+    def _install(self, cmap: int, idx: int, length: int, kind: int, value: int,
                  stored: int, tag: int = 0) -> None:
-        cmap[idx] = pack_entry(kind, length, value, tag)
-        cmap.stored_bytes += stored
+        self.maps.set(cmap, idx, pack_entry(kind, length, value, tag))
+        self.maps.stored[cmap] += stored
         self.orig_bytes += length
         self.chunks += 1
         if kind == Encoding.FILL:
@@ -649,12 +592,12 @@ class ChunkStore:
         elif kind == ZSTD_DICT:
             self.versions.use(tag)
 
-    def _drop(self, cmap: ChunkMap, entry: int) -> None:
+    def _drop(self, cmap: int, entry: int) -> None:
         """Forget one entry: its counters and its storage (the caller removes or replaces it)."""
         self._uncount(cmap, entry)
         self._free(entry)
 
-    def _uncount(self, cmap: ChunkMap, entry: int) -> None:
+    def _uncount(self, cmap: int, entry: int) -> None:
         kind = entry_kind(entry)
         payload = entry_payload(entry)
         length = entry_length(entry)
@@ -662,12 +605,12 @@ class ChunkStore:
         self.chunks -= 1
         if kind == Encoding.FILL:
             self.same_chunks -= 1
-            cmap.stored_bytes -= _fill_cost(payload)
+            self.maps.stored[cmap] -= _fill_cost(payload)
         elif kind == STAGED:
             self.staged_bytes -= length
-            cmap.stored_bytes -= length
+            self.maps.stored[cmap] -= length
         else:
-            cmap.stored_bytes -= self.pool.size(payload)
+            self.maps.stored[cmap] -= self.pool.size(payload)
             if kind in _RAWS:
                 self.huge_chunks -= 1
             elif kind == ZSTD_DICT:
@@ -695,8 +638,8 @@ class ChunkStore:
             return True
         return kind in _SEEN and entry_tag(entry) != self.versions.current.tag
 
-    def needs_recompression_at(self, cmap: ChunkMap, idx: int) -> bool:
-        entry = cmap.get(idx)
+    def needs_recompression_at(self, cmap: int, idx: int) -> bool:
+        entry = self.maps.lookup(cmap, idx)
         return entry is not None and self.needs_recompression(entry)
 
     @property
@@ -704,19 +647,19 @@ class ChunkStore:
         """Writes have chunks waiting for the compressors: background work should wait."""
         return bool(self._staged)
 
-    def recompression_source(self, cmap: ChunkMap, idx: int) -> Recoding | None:
+    def recompression_source(self, cmap: int, idx: int) -> Recoding | None:
         """Chunk ``idx``, copied out of the arena for recompression on a worker thread;
         None when it needs none (a hole, a fill, staged, or seen by the current setting)."""
-        entry = cmap.get(idx)
+        entry = self.maps.lookup(cmap, idx)
         if entry is None or not self.needs_recompression(entry):
             return None
         return Recoding(cmap, idx, entry, bytes(self.pool.read(entry_payload(entry))),
                         entry_kind(entry) in _FRAMES, self._dictionary(entry))
 
-    def training_source(self, cmap: ChunkMap, idx: int) -> Recoding | None:
+    def training_source(self, cmap: int, idx: int) -> Recoding | None:
         """Chunk ``idx`` copied out of the arena as a sample for a dictionary: zstd
         frames only (what did not compress at all would teach it nothing)."""
-        entry = cmap.get(idx)
+        entry = self.maps.lookup(cmap, idx)
         if entry is None or entry_kind(entry) not in _FRAMES:
             return None
         return Recoding(cmap, idx, entry, bytes(self.pool.read(entry_payload(entry))), True,
@@ -728,15 +671,15 @@ class ChunkStore:
         worth it; True when its object was replaced.
 
         It applies when ``version`` is still the current setting and the chunk is as
-        it was copied out: the same entry, and the same bytes in its object (a handle
-        freed meanwhile may be in use again for an object of the same length). It is
+        it was copied out: the same entry, and the same bytes in its object (a map or a
+        handle freed meanwhile may be in use again, for an object of the same length). It is
         worth it when the new encoding is smaller, or when the chunk's dictionary is
         not the current setting's (moving it off lets that dictionary go). Otherwise
         the chunk keeps its object, marked as seen by ``version``. A replacement that
         does not fit under ``mem_limit`` is skipped. New is allocated before old is freed.
         """
         cmap, idx, entry = job.cmap, job.index, job.entry
-        if version is not self.versions.current or cmap.get(idx) != entry:
+        if version is not self.versions.current or self.maps.lookup(cmap, idx) != entry:
             return False
         handle = entry_payload(entry)
         if bytes(self.pool.read(handle)) != job.frame:   # (memoryview == bytes: per byte)
@@ -763,40 +706,44 @@ class ChunkStore:
             seen = ZSTD_DICT
         else:
             seen = RAW_SEEN if old_kind in _RAWS else ZSTD_SEEN
-        cmap[idx] = pack_entry(seen, length, handle, version.tag)
+        self.maps.set(cmap, idx, pack_entry(seen, length, handle, version.tag))
         return False
 
     # -- truncating and freeing ----------------------------------------------------
 
-    async def truncate(self, cmap: ChunkMap, size: int) -> None:
+    async def truncate(self, cmap: int, size: int) -> None:
         """Drop the contents at and beyond ``size``."""
         await self._lock()
         try:
             cs = self.chunk_size
-            for idx in [i for i in cmap.indexes() if i * cs >= size]:
-                self._drop(cmap, cmap.pop(idx))
+            for idx in [i for i in self.maps.indexes(cmap) if i * cs >= size]:
+                self._drop(cmap, self.maps.pop(cmap, idx))
             idx, keep = divmod(size, cs)
-            entry = cmap.get(idx)
+            entry = self.maps.get(cmap, idx)
             if entry is None or entry_length(entry) <= keep:
                 return
             cut = entry_length(entry) - keep
             self.orig_bytes -= cut
-            cmap[idx] = with_length(entry, keep)
+            self.maps.set(cmap, idx, with_length(entry, keep))
             if entry_kind(entry) == STAGED:
                 self.staged_bytes -= cut
-                cmap.stored_bytes -= cut
+                self.maps.stored[cmap] -= cut
                 staged = self._staged[entry_payload(entry)]
                 if self.queue.is_queued(staged):       # else a thread is reading it
                     staged.content = staged.content[:keep]
         finally:
             self._write_lock.release()
 
-    def release(self, cmap: ChunkMap) -> None:
-        """Free every chunk of a file that is gone.
+    def new_map(self) -> int:
+        """A new, empty chunk map for a file: its number in ``maps``."""
+        return self.maps.new()
+
+    def release(self, cmap: int) -> None:
+        """Free every chunk of a file that is gone, and its map.
 
         Needs no write lock: it does not await, and the file has no open handle
         left, so no write or truncate of it is in progress.
         """
-        for entry in cmap.entries():
+        for entry in self.maps.entries(cmap):
             self._drop(cmap, entry)
-        cmap.clear()
+        self.maps.free(cmap)

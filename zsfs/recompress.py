@@ -67,7 +67,7 @@ import contextlib
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable, ContextManager, Iterable
+from typing import TYPE_CHECKING, Awaitable, Callable, ContextManager, Iterator
 
 import trio
 
@@ -76,7 +76,7 @@ from .codec import THREADS, Codec, Dictionary, DictionaryError
 from .zsmalloc import Pool, PoolFull
 
 if TYPE_CHECKING:
-    from .chunkstore import ChunkMap, ChunkStore, Recoding
+    from .chunkstore import ChunkStore, Recoding
 
 log = logging.getLogger(__name__)
 
@@ -381,11 +381,16 @@ class Recompressor:
 
     # -- passes ----------------------------------------------------------------------
 
-    def _files(self, idle_only: bool) -> Iterable[tuple[int, ChunkMap | None]]:
-        """(index, chunk map) of the inodes a pass looks at, as the pass goes on: None
-        for those without data or, in an idle pass, changed within the idle age."""
+    def _files(self, idle_only: bool) -> Iterator[tuple[int, int, list[int]]]:
+        """(index, chunk map, its chunks) of the inodes a pass looks at, each read when
+        the pass gets to it: no chunks for those without data or, in an idle pass,
+        changed within the idle age. The pass awaits between chunks, so by the time
+        it gets to one the map may be gone or another file's (the store's methods
+        for the recompressor allow for that)."""
         cutoff = time.time_ns() - int(self._idle_age * 1e9) + 1 if idle_only else None
-        return enumerate(self.tree.chunk_maps(cutoff))    # type: ignore[attr-defined]
+        maps = self.store.maps
+        for n, cmap in enumerate(self.tree.chunk_maps(cutoff)):  # type: ignore[attr-defined]
+            yield n, cmap, maps.indexes(cmap) if cmap else []
 
     async def _pass(self, idle_only: bool, threads: int = 1) -> int:
         """Recompress what the current version has not seen, in batches; objects replaced.
@@ -397,12 +402,10 @@ class Recompressor:
         replaced = 0
         jobs: list[Recoding] = []
         size = 0
-        for n, cmap in self._files(idle_only):
+        for n, cmap, indexes in self._files(idle_only):
             if n % SCAN_SLICE == SCAN_SLICE - 1:
                 await trio.sleep(0)
-            if cmap is None:
-                continue
-            for idx in cmap.indexes():
+            for idx in indexes:
                 if not jobs:
                     await self._wait_for_writes()
                     if self._stopping:
@@ -496,15 +499,13 @@ class Recompressor:
     async def _sample(self) -> list[tuple]:
         """Up to SAMPLE_CHUNKS chunks drawn uniformly from every file (reservoir
         sampling), copied out of the arena."""
-        picked: list[tuple[ChunkMap, int]] = []
+        picked: list[tuple[int, int]] = []
         seen = 0
         rng = self._rng
-        for n, cmap in self._files(idle_only=False):
+        for n, cmap, indexes in self._files(idle_only=False):
             if n % SCAN_SLICE == SCAN_SLICE - 1:
                 await trio.sleep(0)
-            if cmap is None:
-                continue
-            for idx in cmap.indexes():
+            for idx in indexes:
                 seen += 1
                 if len(picked) < SAMPLE_CHUNKS:
                     picked.append((cmap, idx))

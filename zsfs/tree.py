@@ -12,7 +12,7 @@ Callers name inodes by number only; ``stat(ino)`` gives their attributes. The
 fields live in an InodeTable (inodes.py: packed columns) and directory entries in
 Directory objects (directory.py), so that a file costs bytes rather than objects.
 Errors are raised as ``OSError(errno, message)``; the FUSE layer turns them into
-replies. File data goes through the ChunkStore; a regular file gets its ChunkMap
+replies. File data goes through the ChunkStore; a regular file gets a chunk map
 with its first data (an empty file has none).
 
 Inode lifetime: an inode lives while it has a name (``nlink``), the kernel
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 from . import acl as posix_acl
-from .chunkstore import ChunkMap, ChunkStore
+from .chunkstore import ChunkStore
 from .credentials import CAP_FSETID, CAP_SYS_ADMIN, Caller
 from .directory import Directory
 from .inodes import InodeTable, clamp_ns
@@ -46,8 +46,6 @@ XATTR_TRUSTED = b"trusted."
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _RELATIME_NS = 24 * 3600 * 1_000_000_000
-_CHUNK_MAP_BYTES = sys.getsizeof(ChunkMap())
-_CHUNK_ENTRY_BYTES = sys.getsizeof(1 << 60) + 24     # the entry and (past one) its dict slot
 _new_tuple = tuple.__new__
 
 
@@ -153,6 +151,7 @@ class Tree:
                  root_uid: int = 0, root_gid: int = 0, atime: str = "relatime",
                  acl: bool = False) -> None:
         self.store = store
+        self._stored_bytes = store.maps.stored       # by chunk map, for stat()
         self.acl = acl
         self.nr_inodes = nr_inodes
         self.update_atime = atime != "noatime"
@@ -160,7 +159,6 @@ class Tree:
         self._types: Counter[int] = Counter()       # inodes by S_IFMT
         self._directories: set[int] = set()
         self.extra_bytes = 0                         # symlink targets and xattrs
-        self._chunk_maps = 0                         # regular files with data
         root = self._new_inode(stat.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid,
                                time.time_ns())
         assert root == ROOT_INODE
@@ -202,12 +200,11 @@ class Tree:
         self.check(ino)
         return stat.S_ISREG(self.table.mode[ino])
 
-    def _chunk_map(self, ino: int) -> ChunkMap:
+    def _chunk_map(self, ino: int) -> int:
         """A regular file's chunk map, made with its first data."""
-        cmap = self.table.node[ino]
-        if cmap is None:
-            cmap = self.table.node[ino] = ChunkMap()
-            self._chunk_maps += 1
+        cmap = self.table.data[ino]
+        if not cmap:
+            cmap = self.table.data[ino] = self.store.new_map()
         return cmap
 
     def _maybe_free(self, ino: int) -> None:
@@ -216,10 +213,8 @@ class Tree:
             self._types[stat.S_IFMT(t.mode[ino])] -= 1
             self._directories.discard(ino)
             self.extra_bytes -= self._extra_bytes(ino)
-            node = t.node[ino]
-            if isinstance(node, ChunkMap):
-                self.store.release(node)
-                self._chunk_maps -= 1
+            if t.data[ino]:
+                self.store.release(t.data[ino])
             t.free(ino)
 
     def _extra_bytes(self, ino: int) -> int:
@@ -260,42 +255,38 @@ class Tree:
         if not mode:
             raise fs_error(errno.ENOENT, f"inode {ino}")
         node = t.node[ino]
-        stored = rdev = 0
-        if node.__class__ is ChunkMap:
-            stored = node.stored_bytes
-        elif node.__class__ is int:
-            rdev = node
+        rdev = node if node.__class__ is int else 0
+        stored = self._stored_bytes[t.data[ino]]
         # (tuple.__new__: a NamedTuple's own constructor costs as much as the rest)
         return _new_tuple(Stat, (ino, mode, t.nlink[ino], t.uid[ino], t.gid[ino], rdev,
                                  t.size[ino], stored, t.atime_ns[ino], t.mtime_ns[ino],
                                  t.ctime_ns[ino]))
 
-    def chunk_maps(self, changed_before: int | None = None) -> Iterator[ChunkMap | None]:
-        """Each inode's chunk map as the walk gets to it, for recompression: None for
+    def chunk_maps(self, changed_before: int | None = None) -> Iterator[int]:
+        """Each inode's chunk map as the walk gets to it, for recompression: 0 for
         inodes without data, and for those changed (mtime or ctime) at or after
         ``changed_before`` ns if given. The walk may be suspended between inodes:
         it reads the table afresh at each step."""
         t = self.table
         ino = 1
         while ino < len(t):
-            cmap = t.node[ino]
-            if not isinstance(cmap, ChunkMap) or not len(cmap) or (
-                    changed_before is not None
-                    and max(t.mtime_ns[ino], t.ctime_ns[ino]) >= changed_before):
-                yield None
-            else:
-                yield cmap
+            cmap = t.data[ino]
+            if cmap and changed_before is not None and max(
+                    t.mtime_ns[ino], t.ctime_ns[ino]) >= changed_before:
+                cmap = 0
+            yield cmap
             ino += 1
 
     def metadata_bytes(self) -> int:
         """The Python memory held by inodes, names, chunk maps and xattrs: the
-        table's columns, each directory's containers, the chunk maps and their
-        entries (counted, not walked), targets and xattrs. Walks the directories
-        and the inodes with xattrs only, so reading it stays cheap."""
+        table's columns, each directory's containers, the chunk maps' columns
+        and the dicts of files with more than one chunk, targets and xattrs. Walks
+        the directories, the inodes with xattrs and the files of several chunks
+        only, so reading it stays cheap."""
         xattrs = self.table.xattrs
         total = self.table.memory() + self.extra_bytes + sys.getsizeof(xattrs)
         total += sum(map(sys.getsizeof, xattrs.values()))
-        total += self._chunk_maps * _CHUNK_MAP_BYTES + self.store.chunks * _CHUNK_ENTRY_BYTES
+        total += self.store.maps.memory()
         node = self.table.node
         for ino in self._directories:
             total += node[ino].memory()
@@ -498,13 +489,12 @@ class Tree:
     async def set_size(self, ino: int, size: int) -> None:
         self.check(ino)
         t = self.table
-        node = t.node[ino]
-        if isinstance(node, Directory):
+        if isinstance(t.node[ino], Directory):
             raise fs_error(errno.EISDIR)
         if not stat.S_ISREG(t.mode[ino]):
             raise fs_error(errno.EINVAL)
-        if size < t.size[ino] and node is not None:
-            await self.store.truncate(node, size)
+        if size < t.size[ino] and t.data[ino]:
+            await self.store.truncate(t.data[ino], size)
         t.size[ino] = size
         t.mtime_ns[ino] = t.ctime_ns[ino] = time.time_ns()
 
@@ -564,9 +554,8 @@ class Tree:
         length = min(length, t.size[ino] - offset)
         if length <= 0:
             return b""
-        cmap = t.node[ino]
-        data = bytes(length) if cmap is None else await self.store.read_parallel(
-            cmap, offset, length)
+        cmap = t.data[ino]
+        data = await self.store.read_parallel(cmap, offset, length) if cmap else bytes(length)
         self._touch_atime(ino)
         return data
 
