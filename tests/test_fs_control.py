@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 try:
-    from conftest import expect_errno, read_file, wait_for
+    from conftest import drop_cache, expect_errno, read_file, wait_for
 except ImportError:  # tests/ imported as a package
-    from tests.conftest import expect_errno, read_file, wait_for
+    from tests.conftest import drop_cache, expect_errno, read_file, wait_for
 
 CONTROL_FILES = {"stats", "mm_stat", "classes", "compact", "mem_limit", "mem_used_max",
                  "compact_threshold", "compact_interval", "requests", "recompress",
@@ -366,6 +366,35 @@ def test_rm_rf_gives_the_bookkeeping_back(mount):
                     timeout=10), (fresh, grown, istats(m)["metadata_bytes"])
     s = istats(m)
     assert s["files"] == 0 and s["directories"] == 1 and s["chunks"] == 0
+
+
+def thread_heaps(pid: int) -> list[str]:
+    """glibc's malloc arenas of other threads in a process's maps: each a 64 MiB
+    reservation at a 64 MiB boundary, read-write as far as it is used, the rest
+    inaccessible."""
+    heap_size = 64 << 20
+    rows = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            rows.append((lo, hi, fields[1], fields[0]))
+    return [span for (lo, hi, perms, span), (nlo, nhi, nperms, _) in zip(rows, rows[1:])
+            if lo % heap_size == 0 and perms == "rw-p" and nlo == hi and nperms == "---p"
+            and nhi - lo == heap_size]
+
+
+def test_worker_threads_allocate_from_the_one_heap(mount):
+    """The compressor and decoder threads share the main malloc arena, so what they
+    free can be trimmed (heap.py)."""
+    m = mount()
+    data = os.urandom(1 * MiB) + bytes(1 * MiB) + (b"abc" * MiB)
+    write_file(m / "f", data)
+    os.sync()
+    drop_cache(m / "f")
+    assert read_file(m / "f") == data           # reads of 1 MiB decode on worker threads
+    assert istats(m)["staged_data_size"] == 0
+    assert thread_heaps(m.pid) == []
 
 
 def test_stats_rss_matches_daemon_vmrss(mount):

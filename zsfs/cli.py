@@ -39,7 +39,7 @@ from typing import Awaitable, Callable, NoReturn, Protocol
 import pyfuse3
 import trio
 
-from . import service
+from . import heap, service
 from .options import MountOptions, OptionError, parse_options
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,7 @@ def _daemonize() -> Callable[[], None]:
 def main(argv: list[str] | None = None) -> int:
     """Run the zsfs command with *argv* (default: sys.argv[1:]); return the exit status."""
     args, opts, mountpoint = _parse(argv)
+    heap.share_one_arena()
     foreground = args.foreground or args.debug
     if foreground:
         level = logging.DEBUG if args.debug else logging.INFO

@@ -31,8 +31,6 @@ slice, so a stop signal is not held up by a long compaction of a large pool.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import time
 from typing import Iterator
@@ -40,24 +38,10 @@ from typing import Iterator
 import trio
 
 from .arena import PAGE_SIZE
+from .heap import release as release_heap
 from .zsmalloc import Pool
 
 log = logging.getLogger(__name__)
-
-try:
-    _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-except (OSError, AttributeError):   # not glibc
-    _malloc_trim = None
-
-
-def release_heap() -> None:
-    """Give the C heap's free memory back to the kernel (glibc's malloc_trim).
-
-    Chunk payloads and request buffers come and go through malloc; without a trim
-    glibc keeps the freed space and RSS stays above what zsfs holds.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 SLICE_BUDGET = 128          # objects moved between two yields to the event loop
 KICK_SETTLE_SECONDS = 0.2   # after a kick, let a burst of frees finish first
