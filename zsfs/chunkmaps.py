@@ -46,7 +46,7 @@ class ChunkMaps(Slots):
         return m
 
     def free(self, m: int) -> None:
-        """Give back an emptied map's number."""
+        """Give back map ``m``'s number with its entries (the caller freed what they held)."""
         self._more.pop(m, None)
         self._give_back(m)
 
