@@ -43,7 +43,7 @@ STATS_LINES = [
     "compactions_manual", "frag_ratio", "compression_ratio", "files", "directories",
     "chunks", "chunk_size", "level", "writeback", "metadata_bytes", "rss_bytes",
     "recompressed_chunks", "recompress_saved_bytes", "dictionary_chunks", "dictionaries",
-    "dictionary_bytes",
+    "dictionary_bytes", "dedup_chunks", "dedup_saved_bytes",
 ]
 PAGE = 4096
 CHUNK = 16384

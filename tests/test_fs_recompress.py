@@ -111,6 +111,44 @@ def test_recompress_all_keeps_every_byte_and_saves_memory(mount):
     assert s4["dictionaries"] == 1                # the current one stays
 
 
+def test_copies_share_their_objects_until_written(mount):
+    """cp of a tree: recompression keeps one object for each chunk the copies share."""
+    m = mount()
+    files = fill(m)
+    for name in ("noise", "cut", "fill", "zeros", "sparse"):
+        for n in range(2):
+            write_file(m / f"{name}.copy{n}", files[m / name])
+            files[m / f"{name}.copy{n}"] = files[m / name]
+    os.truncate(m / "noise.copy1", 3 * CHUNK + 5)      # a cut copy still shares
+    files[m / "noise.copy1"] = files[m / "noise"][:3 * CHUNK + 5]
+    s1 = istats(m)
+    write_ctl(m, "recompress", "all")
+    s2 = istats(m)
+    # noise: 13 raw chunks (12 whole), 3 whole ones in the cut copy (its last chunk,
+    # now 5 bytes, gets an object of its own); cut: 2 frames in each copy; fills and
+    # holes hold no object
+    assert s2["dedup_chunks"] >= 13 + 3 + 2 * 2
+    assert s2["dedup_saved_bytes"] > (12 + 3) * CHUNK
+    assert s2["recompress_saved_bytes"] == s1["compr_data_size"] - s2["compr_data_size"]
+    assert s2["orig_data_size"] == s1["orig_data_size"] and s2["chunks"] == s1["chunks"]
+    check(files)
+    # a write to one copy, a cut of another: the others keep their bytes
+    with open(m / "noise.copy0", "r+b") as f:
+        f.seek(CHUNK + 10)
+        f.write(b"written")
+    files[m / "noise.copy0"] = files[m / "noise"][:CHUNK + 10] + b"written" + \
+        files[m / "noise"][CHUNK + 17:]
+    os.truncate(m / "cut.copy0", 100)
+    files[m / "cut.copy0"] = files[m / "cut"][:100]
+    check(files)
+    assert istats(m)["dedup_chunks"] < s2["dedup_chunks"]
+    for path in files:
+        os.unlink(path)
+    assert wait_for(lambda: istats(m)["chunks"] == 0, timeout=10)
+    s3 = istats(m)
+    assert s3["dedup_chunks"] == s3["dedup_saved_bytes"] == s3["compr_data_size"] == 0
+
+
 def test_retrain_and_dictionary_off_keep_data(mount):
     m = mount("recompress_level=3")
     files = fill(m)

@@ -3,6 +3,7 @@ driven directly (no FUSE), against bytearray models."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ from zsfs import chunkstore, recompress, staging
 from zsfs.chunkstore import (RAW_SEEN, STAGED, ZSTD_DICT, ZSTD_SEEN, ChunkStore,
                              entry_kind, entry_length, entry_payload, entry_tag)
 from zsfs.codec import FILL_WORD, Codec, Dictionary, DictionaryError, Encoding
-from zsfs.recompress import NoRoom, NotEnoughData, Recompressor, Versions
+from zsfs.recompress import NoRoom, NotEnoughData, Recompressor, Twins, Versions
 from zsfs.zsmalloc import Pool, PoolFull
 
 try:
@@ -109,10 +110,13 @@ def check_counters(store: ChunkStore, maps) -> None:
                 tag = entry_tag(entry)
                 per_tag[tag] = per_tag.get(tag, 0) + 1
         assert store.maps.stored[cmap] == stored
-    assert len(set(handles)) == len(handles)
+    shared = {h: n - 1 for h, n in collections.Counter(handles).items() if n > 1}
+    assert store._refs == shared
+    assert store.dedup_chunks == sum(shared.values())
+    assert store.dedup_saved_bytes == sum(pool.size(h) * n for h, n in shared.items())
     s = pool.stats()
-    assert s.objects == len(handles)
-    assert s.obj_bytes == sum(pool.size(h) for h in handles)
+    assert s.objects == len(set(handles))
+    assert s.obj_bytes == sum(pool.size(h) for h in set(handles))
     assert (store.chunks, store.same_chunks, store.huge_chunks) == (chunks, fills, raws)
     assert store.orig_bytes == orig
     versions = store.versions
@@ -291,6 +295,114 @@ async def test_a_larger_result_is_not_kept_but_marked_seen():
     assert await rc.recompress(idle_only=False) == 1
     assert read_all(store, cmap, CHUNK) == data
     check_counters(store, [cmap])
+
+
+# -- copies share one object ---------------------------------------------------------------
+
+async def write_copies(store: ChunkStore, tree: FakeTree, data: bytes,
+                       copies: int) -> list[tuple[int, bytearray]]:
+    files = []
+    for _ in range(copies):
+        cmap = store.new_map()
+        await store.write(cmap, 0, data)
+        tree.add(cmap)
+        files.append((cmap, bytearray(data)))
+    await store.flush()
+    return files
+
+
+def payloads(store: ChunkStore, cmap: int) -> list[int]:
+    return [entry_payload(store.maps.get(cmap, i)) for i in sorted(store.maps.indexes(cmap))]
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+async def test_copies_share_one_object_per_chunk(dictionary, monkeypatch):
+    monkeypatch.setattr(recompress, "DICT_MIN_DATA", 64 << 10)
+    store, tree = make_store(), FakeTree()
+    # text chunks get new objects, the noise keeps its raw object, the fill has none
+    data = text(3 * CHUNK, seed=1) + os.urandom(CHUNK) + b"\x5a" * CHUNK + text(999, seed=2)
+    copies = await write_copies(store, tree, data, 3)
+    files = copies + await fill_store(store, tree, 20, seed=4)
+    rc = make_recompressor(store, tree, dictionary=dictionary)
+    with trio.fail_after(HANG):
+        await rc.recompress(idle_only=False)
+    check_models(store, files)
+    check_counters(store, [c for c, _ in files])
+    first = payloads(store, copies[0][0])
+    assert all(payloads(store, cmap) == first for cmap, _ in copies)
+    assert store.dedup_chunks >= 2 * 5
+    assert (ZSTD_DICT in kinds(store, copies[0][0])) == dictionary
+    # a write and a cut change one copy each, and nothing of the others
+    (a, model_a), (b, model_b), (c, model_c) = copies
+    await store.write(a, 100, b"changed")
+    model_write(model_a, 100, b"changed")
+    await store.truncate(b, CHUNK + 5)         # chunk 1 stays shared, cut short
+    model_truncate(model_b, CHUNK + 5)
+    await store.flush()
+    check_models(store, files)
+    check_counters(store, [c for c, _ in files])
+    assert payloads(store, c) == first
+    # an object goes with its last chunk
+    for cmap, _ in files:
+        store.release(cmap)
+    assert store.pool.stats().objects == 0 and store._refs == {}
+    assert store.dedup_chunks == store.dedup_saved_bytes == 0
+
+
+async def test_shared_objects_move_to_a_new_setting_together():
+    store, tree = make_store(), FakeTree()
+    copies = await write_copies(store, tree, text(4 * CHUNK, seed=3), 3)
+    rc = make_recompressor(store, tree, level=3, dictionary=False)
+    with trio.fail_after(HANG):
+        await rc.recompress(idle_only=False)
+        assert store.pool.stats().objects == 4 and store.dedup_chunks == 8
+        rc.level = 9
+        assert await rc.recompress(idle_only=False) == 12
+    assert store.pool.stats().objects == 4 and store.dedup_chunks == 8
+    check_models(store, copies)
+    check_counters(store, [c for c, _ in copies])
+
+
+async def rewritten(store, tree, cmap, data):
+    await store.write(cmap, 0, text(CHUNK, seed=99))
+    await store.flush()
+
+
+async def rewritten_and_recompressed(store, tree, cmap, data):
+    """The same setting's object is now the other content's: same kind and tag,
+    other bytes."""
+    await rewritten(store, tree, cmap, data)
+    job = store.recompression_source(cmap, 0)
+    version = store.versions.current
+    (kind, payload), = Codec(version.level, store.pool.huge_class_size).recode_many([job.source])
+    assert store.commit_recompressed(job, version, kind, payload, Twins())
+
+
+async def released_and_reused(store, tree, cmap, data):
+    store.release(cmap)
+    assert store.new_map() == cmap
+    await store.write(cmap, 0, data)
+    await store.flush()
+
+
+@pytest.mark.parametrize("change", [rewritten, rewritten_and_recompressed, released_and_reused])
+async def test_a_twin_changed_since_the_pass_left_it_is_no_twin(change):
+    store, tree = make_store(), FakeTree()
+    data = text(CHUNK, seed=6)
+    (a, model_a), (b, model_b) = await write_copies(store, tree, data, 2)
+    version = store.versions.current
+    codec = Codec(version.level, store.pool.huge_class_size)
+    jobs = [store.recompression_source(a, 0), store.recompression_source(b, 0)]
+    (kind_a, payload_a), (kind_b, payload_b) = codec.recode_many([j.source for j in jobs])
+    twins = Twins()
+    assert store.commit_recompressed(jobs[0], version, kind_a, payload_a, twins)
+    await change(store, tree, a, data)
+    model_a[:] = store.read(a, 0, CHUNK)
+    assert store.commit_recompressed(jobs[1], version, kind_b, payload_b, twins)
+    assert store._refs == {} and store.dedup_chunks == 0
+    assert read_all(store, b, CHUNK) == data
+    check_counters(store, [a, b])
+    check_models(store, [(a, model_a), (b, model_b)])
 
 
 # -- changes while a batch is being recompressed in its thread ----------------------------
@@ -741,6 +853,7 @@ async def chaos(store: ChunkStore, rc: Recompressor, rng: random.Random, stop: t
             store.pool.compact()
         counts["dictionary_chunks"] = max(counts["dictionary_chunks"],
                                           store.versions.dictionary_chunks)
+        counts["dedup_chunks"] = max(counts["dedup_chunks"], store.dedup_chunks)
         await trio.sleep(rng.choice([0, 0.001, 0.01]))
 
 
@@ -763,7 +876,7 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
         model_write(model, 0, data)
     rc = Recompressor(store, tree, idle_age=0.01, level=6, dictionary=True)
     lengths = [1, 100, 3000, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17]
-    counts = {"passes": 1, "retrains": 1, "dictionary_chunks": 0}
+    counts = {"passes": 1, "retrains": 1, "dictionary_chunks": 0, "dedup_chunks": 0}
     await store.flush()
     await rc.retrain()                              # dictionary chunks from the start
     await rc.recompress(idle_only=False)
@@ -786,6 +899,12 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
                                        lambda: b"\xab" * length, lambda: bytes(length)])()
                     assert await store.write(cmap, offset, data) == length
                     model_write(model, offset, data)
+                    copy_cmap, copy_model, _ = files[rng.randrange(len(files))]
+                    if rng.random() < 0.2 and copy_cmap != cmap and model:
+                        # cp: another file becomes a copy, whose chunks a pass may share
+                        await store.truncate(copy_cmap, 0)
+                        assert await store.write(copy_cmap, 0, bytes(model)) == len(model)
+                        copy_model[:] = model
                 elif op < 0.75:
                     size = rng.choice([0, rng.randrange(len(model) + 1),
                                        len(model) + rng.randrange(2 * CHUNK)])
@@ -813,6 +932,7 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
             stop.set()
             await store.flush()
             await rc.recompress(idle_only=False)
+            counts["dedup_chunks"] = max(counts["dedup_chunks"], store.dedup_chunks)
             nursery.cancel_scope.cancel()
     for cmap, model, _ in files:
         assert read_all(store, cmap, len(model)) == model
@@ -820,7 +940,7 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
     # the run did what it is for
     assert counts["passes"] >= 2 and rc.passes_background > 0
     assert store.recompressed_chunks > 0 and counts["dictionary_chunks"] > 0
-    assert counts["retrains"] > 0
+    assert counts["retrains"] > 0 and counts["dedup_chunks"] > 0
     for cmap, _, _ in files:
         store.release(cmap)
     versions = store.versions

@@ -39,6 +39,15 @@ compaction, a handle reused) just makes the result stale. Like the compressors'
 commits, it changes how a chunk is held, never what it holds: a write that read a
 chunk's content before an ``await`` may use it after.
 
+Recompression also *shares* objects: a chunk whose new object would be
+byte-identical to one that another chunk got from the same setting (in the same
+pass: ``Twins``) takes that object instead of a copy, as copies of files and
+files that repeat each other's chunks are common in trees of files (16% of the
+benchmark corpus's bytes). A shared object counts its extra references in
+``_refs`` and is freed with its last one; since objects never change once
+written (a write makes a new one), sharing needs no copy-on-write. Writes do not
+look for twins: that would cost the write path a hash per chunk.
+
 Concurrency: the store runs on the trio thread except for the compression of a
 batch (staging.py says which contents a thread may read and what that forbids),
 recompression (on copies) and the decompression of large reads (on copies).
@@ -50,6 +59,7 @@ a read sees each chunk either before or after a change.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -57,7 +67,7 @@ import trio
 
 from .chunkmaps import ChunkMaps
 from .codec import FILL_WORD, Buffer, Codec, Dictionary, Encoding, Payload, fill_bytes
-from .recompress import TAG_BITS, Version, Versions
+from .recompress import TAG_BITS, Twins, Version, Versions
 from .staging import CompressionQueue, Staged
 from .zsmalloc import Pool, PoolFull
 
@@ -141,11 +151,14 @@ class StoreStats:
         staged_bytes: of orig_bytes, bytes accepted but not compressed yet.
         recompressed_chunks: objects the recompressor replaced since the mount
             (by smaller ones, or moved off a retired dictionary).
-        recompress_saved_bytes: the object bytes those replacements saved (old
-            object sizes minus new ones; chunks freed or rewritten since included).
+        recompress_saved_bytes: the object bytes those replacements saved (objects
+            freed minus objects made; chunks freed or rewritten since included).
         dictionary_chunks: chunks held as frames made with a dictionary.
         dictionaries: dictionaries alive (the current one and those chunks need);
         dictionary_bytes: their memory (content and decoding tables).
+        dedup_chunks: chunks held by an object another chunk holds too (its
+            references beyond the first, summed over shared objects).
+        dedup_saved_bytes: the object bytes those references would take as copies.
     """
 
     orig_bytes: int
@@ -159,6 +172,8 @@ class StoreStats:
     dictionary_chunks: int = 0
     dictionaries: int = 0
     dictionary_bytes: int = 0
+    dedup_chunks: int = 0
+    dedup_saved_bytes: int = 0
 
 
 class Recoding:
@@ -269,13 +284,23 @@ class ChunkStore:
         self.versions = Versions(pool, recompress_level)
         self.recompressed_chunks = 0
         self.recompress_saved_bytes = 0
+        self._refs: dict[int, int] = {}      # shared handle -> its references beyond the first
+        self.dedup_chunks = 0
+        self.dedup_saved_bytes = 0
 
     def stats(self) -> StoreStats:
         versions = self.versions
         return StoreStats(self.orig_bytes, self.chunks, self.same_chunks, self.huge_chunks,
                           self.huge_chunks_since, self.staged_bytes, self.recompressed_chunks,
                           self.recompress_saved_bytes, versions.dictionary_chunks,
-                          versions.dictionaries, versions.dictionary_bytes)
+                          versions.dictionaries, versions.dictionary_bytes,
+                          self.dedup_chunks, self.dedup_saved_bytes)
+
+    def bookkeeping_bytes(self) -> int:
+        """The Python memory of the chunk maps and of the shared objects' counts."""
+        refs = self._refs
+        return (self.maps.memory() + sys.getsizeof(refs)
+                + sum(map(sys.getsizeof, refs)) + sum(map(sys.getsizeof, refs.values())))
 
     # -- reading ------------------------------------------------------------------
 
@@ -627,7 +652,18 @@ class ChunkStore:
             if staged.old is not None:
                 self._free(staged.old)
         elif kind != Encoding.FILL:
-            self.pool.free(payload)
+            self._unref(payload)
+
+    def _unref(self, handle: int) -> None:
+        """Drop one reference to an object: free it with its last."""
+        extra = self._refs.pop(handle, 0)
+        if not extra:
+            self.pool.free(handle)
+            return
+        if extra > 1:
+            self._refs[handle] = extra - 1
+        self.dedup_chunks -= 1
+        self.dedup_saved_bytes -= self.pool.size(handle)
 
     # -- recompression (recompress.py schedules it) -----------------------------------
 
@@ -666,17 +702,20 @@ class ChunkStore:
                         self._dictionary(entry))
 
     def commit_recompressed(self, job: Recoding, version: Version, kind: Encoding,
-                            payload: Payload) -> bool:
+                            payload: Payload, twins: Twins | None = None) -> bool:
         """Store ``job``'s chunk encoded again by ``version``, if that still applies and is
         worth it; True when its object was replaced.
 
         It applies when ``version`` is still the current setting and the chunk is as
         it was copied out: the same entry, and the same bytes in its object (a map or a
-        handle freed meanwhile may be in use again, for an object of the same length). It is
-        worth it when the new encoding is smaller, or when the chunk's dictionary is
-        not the current setting's (moving it off lets that dictionary go). Otherwise
-        the chunk keeps its object, marked as seen by ``version``. A replacement that
-        does not fit under ``mem_limit`` is skipped. New is allocated before old is freed.
+        handle freed meanwhile may be in use again, for an object of the same length).
+        The chunk then takes, in this order: the object of a twin in ``twins`` (a chunk
+        this pass left with the same kind and bytes), whatever its size; a new object,
+        when it is smaller or the chunk's dictionary is not the current setting's
+        (moving it off lets that dictionary go); or it keeps its own object, marked as
+        seen by ``version``. What it takes or keeps goes into ``twins``. A new object
+        that does not fit under ``mem_limit`` is skipped. New is allocated before old
+        is freed.
         """
         cmap, idx, entry = job.cmap, job.index, job.entry
         if version is not self.versions.current or self.maps.lookup(cmap, idx) != entry:
@@ -686,28 +725,69 @@ class ChunkStore:
             return False
         old_kind = entry_kind(entry)
         length = entry_length(entry)
-        new_size = 0 if kind == Encoding.FILL else len(payload)   # type: ignore[arg-type]
+        tag = version.tag
+        freed = 0 if handle in self._refs else len(job.frame)
+        new = None if kind == Encoding.FILL else bytes(payload)   # type: ignore[arg-type]
+        new_kind = (kind if new is None else RAW_SEEN if kind == Encoding.RAW
+                    else ZSTD_DICT if version.dictionary is not None else ZSTD_SEEN)
+        if new is not None and twins is not None:
+            twin = self._twin(twins, new_kind, tag, new)
+            if twin is not None and twin != handle:
+                self._share(job, twin, new_kind, tag, freed)
+                return True
         retired = job.dictionary is not version.dictionary and job.dictionary is not None
-        if new_size < len(job.frame) or retired:
+        if new is None or len(new) < len(job.frame) or retired:
             try:
-                value, stored = self._place(kind, payload, 0)
+                value, stored = self._place(kind, new if new is not None else payload, 0)
             except PoolFull:
                 return False
             self._drop(cmap, entry)
-            new_kind = (kind if kind == Encoding.FILL else RAW_SEEN if kind == Encoding.RAW
-                        else ZSTD_DICT if version.dictionary is not None else ZSTD_SEEN)
-            self._install(cmap, idx, length, new_kind, value, stored, version.tag)
+            self._install(cmap, idx, length, new_kind, value, stored, tag)
             self.recompressed_chunks += 1
-            self.recompress_saved_bytes += len(job.frame) - new_size
+            self.recompress_saved_bytes += freed - (0 if new is None else stored)
+            if new is not None and twins is not None:
+                twins.add(new_kind, new, cmap, idx)
             return True
+        # kept: a frame made with a dictionary is one made with the current one here
+        seen = (ZSTD_DICT if old_kind == ZSTD_DICT else RAW_SEEN if old_kind in _RAWS
+                else ZSTD_SEEN)
+        if twins is not None:
+            twin = self._twin(twins, seen, tag, job.frame)
+            if twin is not None and twin != handle:
+                self._share(job, twin, seen, tag, freed)
+                return True
+            twins.add(seen, job.frame, cmap, idx)
         if old_kind == ZSTD_DICT:           # the same dictionary under a newer version
-            self.versions.use(version.tag)
+            self.versions.use(tag)
             self.versions.unuse(entry_tag(entry))
-            seen = ZSTD_DICT
-        else:
-            seen = RAW_SEEN if old_kind in _RAWS else ZSTD_SEEN
-        self.maps.set(cmap, idx, pack_entry(seen, length, handle, version.tag))
+        self.maps.set(cmap, idx, pack_entry(seen, length, handle, tag))
         return False
+
+    def _twin(self, twins: Twins, kind: int, tag: int, obj: bytes) -> int | None:
+        """The handle of the object that ``twins`` says holds ``obj`` as a chunk of
+        ``kind`` made by version ``tag``, if that is still so."""
+        where = twins.get(kind, obj)
+        if where is None:
+            return None
+        entry = self.maps.lookup(*where)
+        if entry is None or entry_kind(entry) != kind or entry_tag(entry) != tag:
+            return None
+        handle = entry_payload(entry)
+        if self.pool.size(handle) != len(obj) or bytes(self.pool.read(handle)) != obj:
+            return None
+        return handle
+
+    def _share(self, job: Recoding, twin: int, kind: int, tag: int, freed: int) -> None:
+        """Let ``job``'s chunk hold its twin's object instead of its own."""
+        cmap, idx, entry = job.cmap, job.index, job.entry
+        self._drop(cmap, entry)
+        size = self.pool.size(twin)
+        self._refs[twin] = self._refs.get(twin, 0) + 1
+        self.dedup_chunks += 1
+        self.dedup_saved_bytes += size
+        self._install(cmap, idx, entry_length(entry), kind, twin, size, tag)
+        self.recompressed_chunks += 1
+        self.recompress_saved_bytes += freed
 
     # -- truncating and freeing ----------------------------------------------------
 

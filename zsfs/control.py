@@ -263,6 +263,8 @@ class Control:
             ("dictionary_chunks", store.dictionary_chunks),
             ("dictionaries", store.dictionaries),
             ("dictionary_bytes", store.dictionary_bytes),
+            ("dedup_chunks", store.dedup_chunks),
+            ("dedup_saved_bytes", store.dedup_saved_bytes),
             ("files", tree.files),
             ("directories", tree.directories),
             ("symlinks", tree.symlinks),

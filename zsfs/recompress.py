@@ -42,6 +42,11 @@ writes have chunks staged for the compressors: foreground writes go first.
 Dictionary training runs on a worker thread too, on a sample of at most
 ``SAMPLE_CHUNKS`` chunks (``SAMPLE_BYTES`` of content), copied out the same way.
 
+Copies share one object. A pass remembers where it left each object (``Twins``),
+and a chunk whose result is byte-identical to one of them, under the same
+setting, takes that object (``ChunkStore.commit_recompressed``): 16% of the
+corpus's bytes are chunks that other files hold too.
+
 One pass runs at a time (a lock): the background task's, or one asked for through
 ``.zsfs/recompress``, which waits for the one under way and then runs its own.
 A background pass compresses on one native thread, one asked for on two. A
@@ -239,6 +244,32 @@ def _train(sources: list[tuple], size: int) -> Dictionary:
     return Dictionary.train(_decode_samples(codec, sources, SAMPLE_BYTES), size)
 
 
+class Twins:
+    """Where one recompression pass left each object it made or kept, by kind and
+    bytes: the index ``commit_recompressed`` looks for a chunk's twin in.
+
+    It holds locations, not handles, and a location is checked when it is used
+    (the entry still of that kind and setting, its object still those bytes), so a
+    chunk written, cut, freed or reused since is simply no twin. A pass makes one and
+    drops it at its end: it costs nothing at rest, and a chunk finds twins only among
+    those recompressed in the same pass (``echo all > recompress`` goes through all).
+    Locations are packed into one int (map numbers stay below 2**32): a pass over
+    the corpus holds some 50,000.
+    """
+
+    __slots__ = ("_where",)
+
+    def __init__(self) -> None:
+        self._where: dict[int, int] = {}
+
+    def add(self, kind: int, obj: bytes, cmap: int, idx: int) -> None:
+        self._where[hash((kind, obj))] = idx << 32 | cmap
+
+    def get(self, kind: int, obj: bytes) -> tuple[int, int] | None:
+        where = self._where.get(hash((kind, obj)))
+        return None if where is None else (where & 0xFFFFFFFF, where >> 32)
+
+
 class Recompressor:
     """Recompression passes over a tree's files, in the background and on demand.
 
@@ -400,6 +431,7 @@ class Recompressor:
         store = self.store
         trained = False
         replaced = 0
+        twins = Twins()
         jobs: list[Recoding] = []
         size = 0
         for n, cmap, indexes in self._files(idle_only):
@@ -419,10 +451,10 @@ class Recompressor:
                 jobs.append(job)
                 size += job.length
                 if size >= BATCH_BYTES:
-                    replaced += await self._batch(jobs, threads)
+                    replaced += await self._batch(jobs, threads, twins)
                     jobs, size = [], 0
         if jobs:
-            replaced += await self._batch(jobs, threads)
+            replaced += await self._batch(jobs, threads, twins)
         self._codec = None                 # its contexts (and dictionary) go with the pass
         return replaced
 
@@ -441,16 +473,16 @@ class Recompressor:
                 version.dictionary)
         return codec
 
-    async def _batch(self, jobs: list[Recoding], threads: int) -> int:
+    async def _batch(self, jobs: list[Recoding], threads: int, twins: Twins) -> int:
         """Recompress ``jobs`` on a worker thread; commit what still applies (a setting
-        changed meanwhile makes every result stale)."""
+        changed meanwhile makes every result stale), sharing objects with ``twins``."""
         store = self.store
         version = store.versions.current
         codec = await self._codec_for(version, threads)
         results = await trio.to_thread.run_sync(codec.recode_many, [j.source for j in jobs])
         replaced = 0
         for job, (kind, payload) in zip(jobs, results):
-            replaced += store.commit_recompressed(job, version, kind, payload)
+            replaced += store.commit_recompressed(job, version, kind, payload, twins)
         return replaced
 
     # -- dictionaries ------------------------------------------------------------------

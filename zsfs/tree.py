@@ -280,13 +280,13 @@ class Tree:
     def metadata_bytes(self) -> int:
         """The Python memory held by inodes, names, chunk maps and xattrs: the
         table's columns, each directory's containers, the chunk maps' columns
-        and the dicts of files with more than one chunk, targets and xattrs. Walks
-        the directories, the inodes with xattrs and the files of several chunks
-        only, so reading it stays cheap."""
+        and the dicts of files with more than one chunk, the counts of shared
+        objects, targets and xattrs. Walks the directories, the inodes with
+        xattrs and the files of several chunks only, so reading it stays cheap."""
         xattrs = self.table.xattrs
         total = self.table.memory() + self.extra_bytes + sys.getsizeof(xattrs)
         total += sum(map(sys.getsizeof, xattrs.values()))
-        total += self.store.maps.memory()
+        total += self.store.bookkeeping_bytes()
         node = self.table.node
         for ino in self._directories:
             total += node[ino].memory()
