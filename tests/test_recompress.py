@@ -349,18 +349,38 @@ async def test_copies_share_one_object_per_chunk(dictionary, monkeypatch):
     assert store.dedup_chunks == store.dedup_saved_bytes == 0
 
 
-async def test_shared_objects_move_to_a_new_setting_together():
+async def test_a_shared_object_stays_under_a_new_level_and_leaves_a_retired_dictionary(
+        monkeypatch):
+    """A smaller object for a new level would not free a shared one if some chunks
+    sharing it are not in the pass: it stays. One on a retired dictionary must go,
+    and its chunks take one new object."""
+    monkeypatch.setattr(recompress, "DICT_MIN_DATA", 64 << 10)
     store, tree = make_store(), FakeTree()
     copies = await write_copies(store, tree, text(4 * CHUNK, seed=3), 3)
-    rc = make_recompressor(store, tree, level=3, dictionary=False)
+    others = await fill_store(store, tree, 20, seed=4)
+    files = copies + others
+    copy_maps = [c for c, _ in copies]
+    rc = make_recompressor(store, tree, level=3)
     with trio.fail_after(HANG):
         await rc.recompress(idle_only=False)
-        assert store.pool.stats().objects == 4 and store.dedup_chunks == 8
+        shared = set(payloads(store, copy_maps[0]))
+        assert all(set(payloads(store, c)) == shared for c in copy_maps)
+        assert set(kinds(store, copy_maps[0])) == {ZSTD_DICT}
+        tree.nodes[2].ctime_ns = time.time_ns()        # the third copy is not idle
         rc.level = 9
-        assert await rc.recompress(idle_only=False) == 12
-    assert store.pool.stats().objects == 4 and store.dedup_chunks == 8
-    check_models(store, copies)
-    check_counters(store, [c for c, _ in copies])
+        await rc.recompress(idle_only=True)
+        assert all(set(payloads(store, c)) == shared for c in copy_maps)
+        tag = store.versions.current.tag
+        assert {entry_tag(store.maps.get(c, i)) for c in copy_maps[:2] for i in range(4)} == {tag}
+        check_counters(store, [c for c, _ in files])
+        await rc.retrain()                             # the old dictionary is retired
+        await rc.recompress(idle_only=False)
+    moved = set(payloads(store, copy_maps[0]))
+    assert moved.isdisjoint(shared) and len(moved) == 4
+    assert all(set(payloads(store, c)) == moved for c in copy_maps)
+    assert store.versions.dictionaries == 1
+    check_models(store, files)
+    check_counters(store, [c for c, _ in files])
 
 
 async def rewritten(store, tree, cmap, data):

@@ -150,7 +150,7 @@ class StoreStats:
         huge_chunks_since: chunks ever stored uncompressed (zram's huge_pages_since).
         staged_bytes: of orig_bytes, bytes accepted but not compressed yet.
         recompressed_chunks: objects the recompressor replaced since the mount
-            (by smaller ones, or moved off a retired dictionary).
+            (by smaller ones, by a twin's, or moved off a retired dictionary).
         recompress_saved_bytes: the object bytes those replacements saved (objects
             freed minus objects made; chunks freed or rewritten since included).
         dictionary_chunks: chunks held as frames made with a dictionary.
@@ -297,10 +297,10 @@ class ChunkStore:
                           self.dedup_chunks, self.dedup_saved_bytes)
 
     def bookkeeping_bytes(self) -> int:
-        """The Python memory of the chunk maps and of the shared objects' counts."""
+        """The Python memory of the chunk maps and of the shared objects' counts (the
+        counts themselves are mostly small ints, which CPython keeps anyway)."""
         refs = self._refs
-        return (self.maps.memory() + sys.getsizeof(refs)
-                + sum(map(sys.getsizeof, refs)) + sum(map(sys.getsizeof, refs.values())))
+        return self.maps.memory() + sys.getsizeof(refs) + sum(map(sys.getsizeof, refs))
 
     # -- reading ------------------------------------------------------------------
 
@@ -711,11 +711,12 @@ class ChunkStore:
         handle freed meanwhile may be in use again, for an object of the same length).
         The chunk then takes, in this order: the object of a twin in ``twins`` (a chunk
         this pass left with the same kind and bytes), whatever its size; a new object,
-        when it is smaller or the chunk's dictionary is not the current setting's
-        (moving it off lets that dictionary go); or it keeps its own object, marked as
-        seen by ``version``. What it takes or keeps goes into ``twins``. A new object
-        that does not fit under ``mem_limit`` is skipped. New is allocated before old
-        is freed.
+        when it is smaller and the old one is not shared (other chunks sharing it may
+        not be in this pass: both objects would stay), or when the chunk's dictionary
+        is not the current setting's (moving it off lets that dictionary go); or it
+        keeps its own object, marked as seen by ``version``. A new or kept object goes
+        into ``twins``. A new object that does not fit under ``mem_limit`` is skipped.
+        New is allocated before old is freed.
         """
         cmap, idx, entry = job.cmap, job.index, job.entry
         if version is not self.versions.current or self.maps.lookup(cmap, idx) != entry:
@@ -726,7 +727,8 @@ class ChunkStore:
         old_kind = entry_kind(entry)
         length = entry_length(entry)
         tag = version.tag
-        freed = 0 if handle in self._refs else len(job.frame)
+        shared = handle in self._refs
+        freed = 0 if shared else len(job.frame)
         new = None if kind == Encoding.FILL else bytes(payload)   # type: ignore[arg-type]
         new_kind = (kind if new is None else RAW_SEEN if kind == Encoding.RAW
                     else ZSTD_DICT if version.dictionary is not None else ZSTD_SEEN)
@@ -736,7 +738,7 @@ class ChunkStore:
                 self._share(job, twin, new_kind, tag, freed)
                 return True
         retired = job.dictionary is not version.dictionary and job.dictionary is not None
-        if new is None or len(new) < len(job.frame) or retired:
+        if new is None or retired or (len(new) < len(job.frame) and not shared):
             try:
                 value, stored = self._place(kind, new if new is not None else payload, 0)
             except PoolFull:

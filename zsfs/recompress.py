@@ -21,12 +21,13 @@ it. A dictionary's memory (content and zstd's decoding tables, ``Dictionary.
 memory``) is reserved in the pool while it lives, so it counts against
 ``mem_limit``, and shows in ``mem_used_total``.
 
-What is kept: a recompressed object replaces the old one only when it is smaller,
-except that a chunk whose dictionary is not the current one is always moved to
-the current setting (else a retired dictionary would live as long as its least
-compressible chunk). A chunk that did not shrink keeps its object and only takes
-the new tag. Replacing allocates new before freeing old; at ``mem_limit`` the
-chunk is skipped.
+What is kept: a recompressed object replaces the old one only when it is smaller
+and the old one is not shared, except that a chunk whose dictionary is not the
+current one is always moved to the current setting (else a retired dictionary
+would live as long as its least compressible chunk). A chunk that did not shrink
+keeps its object and only takes the new tag. Replacing allocates new before
+freeing old; at ``mem_limit`` the chunk is skipped. A chunk that can take a twin's
+object (below) takes it, whatever the sizes.
 
 How the work is cut, and what runs where. A pass walks the tree's inode table
 on the trio thread, copies the objects of chunks that need recompression
@@ -45,7 +46,12 @@ Dictionary training runs on a worker thread too, on a sample of at most
 Copies share one object. A pass remembers where it left each object (``Twins``),
 and a chunk whose result is byte-identical to one of them, under the same
 setting, takes that object (``ChunkStore.commit_recompressed``): 16% of the
-corpus's bytes are chunks that other files hold too.
+corpus's bytes are chunks that other files hold too. Only chunks that go through
+the same pass find each other: a pass skips what the current setting has seen, so
+a copy of data recompressed before stays a copy until a new setting sends every
+chunk through again. A shared object is not replaced by a smaller one (unless its
+dictionary is retired), since the chunks sharing it may not all be in the pass:
+replacing it for some would hold both objects.
 
 One pass runs at a time (a lock): the background task's, or one asked for through
 ``.zsfs/recompress``, which waits for the one under way and then runs its own.
@@ -250,11 +256,10 @@ class Twins:
 
     It holds locations, not handles, and a location is checked when it is used
     (the entry still of that kind and setting, its object still those bytes), so a
-    chunk written, cut, freed or reused since is simply no twin. A pass makes one and
-    drops it at its end: it costs nothing at rest, and a chunk finds twins only among
-    those recompressed in the same pass (``echo all > recompress`` goes through all).
-    Locations are packed into one int (map numbers stay below 2**32): a pass over
-    the corpus holds some 50,000.
+    chunk rewritten or freed since, or a map number reused, is simply no twin (a
+    chunk cut since still is: its object is unchanged). A pass makes one and drops
+    it at its end, so it costs nothing at rest (about 6 MB per 50,000 objects while
+    a pass runs). Locations are packed into one int (map numbers stay below 2**32).
     """
 
     __slots__ = ("_where",)
