@@ -516,6 +516,7 @@ class Worker:
         self.history: deque[str] = deque(maxlen=25)
         self.counts: Counter[str] = Counter()
         self.pending: list[tuple] = []
+        self.recent_specs: deque[tuple] = deque(maxlen=16)
         self._entries: list[tuple[str, str]] | None = None
         self.shared: Slot | None = None
         if cfg.shared_offset >= 0:
@@ -613,7 +614,11 @@ class Worker:
             return 0
 
     def data_spec(self) -> tuple:
+        """What to write: mostly new data, sometimes data written before (a copy,
+        whose chunks recompression may let share one object)."""
         r, cs = self.rng, self.cs
+        if self.recent_specs and r.random() < 0.15:
+            return r.choice(self.recent_specs)
         kinds = DATA_KINDS + (["rand"] * 6 if self.cfg.enospc else [])
         x = r.random()
         if x < 0.08:
@@ -628,7 +633,9 @@ class Worker:
             n = r.randint(1, 256 * KiB)
         else:
             n = r.randint(256 * KiB, 3 * MiB // 2)
-        return (r.choice(kinds), max(0, n), r.getrandbits(32))
+        spec = (r.choice(kinds), max(0, n), r.getrandbits(32))
+        self.recent_specs.append(spec)
+        return spec
 
     def offset(self, size: int) -> int:
         """A write or truncate position given the current size."""

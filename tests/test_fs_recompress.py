@@ -278,12 +278,14 @@ def test_recompression_at_the_memory_limit(mount):
 
 class Churning:
     """A thread that keeps recompression busy on a mount: ``all`` and ``idle`` passes,
-    retraining, new levels, the dictionary off and on."""
+    retraining, new levels, the dictionary off and on; it notes the most chunks it saw
+    sharing an object."""
 
     def __init__(self, root: str, seed: int) -> None:
         self.root = root
         self.rng = random.Random(seed)
         self.done: dict[str, int] = {}
+        self.most_shared = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -316,6 +318,7 @@ class Churning:
                 self._write(name, value)
                 key = f"{name}={value.strip()}"
                 self.done[key] = self.done.get(key, 0) + 1
+                self.most_shared = max(self.most_shared, istats(self.root)["dedup_chunks"])
             except OSError as e:
                 # too little data to train on, or no room under mem_limit: expected
                 if not (name == "dictionary" and e.errno in (errno.ENODATA, errno.ENOSPC)):
@@ -349,9 +352,15 @@ def test_random_operations_match_tmpfs_with_recompression_forced(mount_zsfs, tmp
     seed_text = b"".join(p.read_bytes() for p in stdlib_sources(60))
     if "mem_limit" in opts:
         seed_text = seed_text[:600_000]
+    # and copies, whose chunks passes share (the random tester makes copies too, but
+    # changes most of them before a pass sees them together)
+    copied = seed_text[:50_000] + random.Random(7).randbytes(40_000)
     for root in (str(m.path), tmpfs_dir):
         with open(os.path.join(root, "seed-text"), "wb") as f:
             f.write(seed_text)
+        for n in range(4):
+            with open(os.path.join(root, f"copy-{n}"), "wb") as f:
+                f.write(copied)
     plan = fsmodel.plan_for(opts)
     seed = 20261201 + sum(map(ord, opts))
     with Churning(str(m.path), seed) as churn:
@@ -364,6 +373,7 @@ def test_random_operations_match_tmpfs_with_recompression_forced(mount_zsfs, tmp
     assert churn.done.get("recompress=all", 0) + churn.done.get("recompress=idle", 0) >= 2, \
         churn.done
     assert r.stats.get("recompressed_chunks", 0) > 0, r.stats
+    assert churn.most_shared > 0
     if plan.enospc:
         assert r.counts["enospc"] + r.counts["short_write"] >= 5, dict(r.counts)
     else:       # (under mem_limit, retraining may find no room every time)
