@@ -743,10 +743,8 @@ class ChunkStore:
                 value, stored = self._place(kind, new if new is not None else payload, 0)
             except PoolFull:
                 return False
-            self._drop(cmap, entry)
-            self._install(cmap, idx, length, new_kind, value, stored, tag)
-            self.recompressed_chunks += 1
-            self.recompress_saved_bytes += freed - (0 if new is None else stored)
+            self._replace(job, new_kind, value, stored, tag,
+                          freed - (0 if new is None else stored))
             if new is not None and twins is not None:
                 twins.add(new_kind, new, cmap, idx)
             return True
@@ -781,15 +779,19 @@ class ChunkStore:
 
     def _share(self, job: Recoding, twin: int, kind: int, tag: int, freed: int) -> None:
         """Let ``job``'s chunk hold its twin's object instead of its own."""
-        cmap, idx, entry = job.cmap, job.index, job.entry
-        self._drop(cmap, entry)
         size = self.pool.size(twin)
         self._refs[twin] = self._refs.get(twin, 0) + 1
         self.dedup_chunks += 1
         self.dedup_saved_bytes += size
-        self._install(cmap, idx, entry_length(entry), kind, twin, size, tag)
+        self._replace(job, kind, twin, size, tag, freed)
+
+    def _replace(self, job: Recoding, kind: int, value: int, stored: int, tag: int,
+                 saved: int) -> None:
+        """Put a recompression result in place of ``job``'s entry, and count it."""
+        self._drop(job.cmap, job.entry)
+        self._install(job.cmap, job.index, entry_length(job.entry), kind, value, stored, tag)
         self.recompressed_chunks += 1
-        self.recompress_saved_bytes += freed
+        self.recompress_saved_bytes += saved
 
     # -- truncating and freeing ----------------------------------------------------
 
