@@ -851,9 +851,17 @@ async def test_changing_the_idle_age_applies_to_the_wait_under_way(autojump_cloc
 # -- a random workload with recompression forced on -------------------------------------------
 
 async def chaos(store: ChunkStore, rc: Recompressor, rng: random.Random, stop: trio.Event,
-                counts: dict) -> None:
+                counts: dict, finished: trio.Event) -> None:
     """Passes asked for, new levels, the dictionary off, on and retrained, compactions:
     all while the writer goes on."""
+    try:
+        await _chaos(store, rc, rng, stop, counts)
+    finally:
+        finished.set()
+
+
+async def _chaos(store: ChunkStore, rc: Recompressor, rng: random.Random, stop: trio.Event,
+                 counts: dict) -> None:
     while not stop.is_set():
         op = rng.random()
         if op < 0.3:
@@ -901,12 +909,13 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
     await rc.retrain()                              # dictionary chunks from the start
     await rc.recompress(idle_only=False)
     assert store.versions.dictionary_chunks > 0
-    stop = trio.Event()
+    stop, chaos_finished = trio.Event(), trio.Event()
     with trio.fail_after(HANG * 2):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run)
             nursery.start_soon(rc.run)
-            nursery.start_soon(chaos, store, rc, random.Random(seed + 100), stop, counts)
+            nursery.start_soon(chaos, store, rc, random.Random(seed + 100), stop, counts,
+                               chaos_finished)
             for step in range(400):
                 i = rng.randrange(len(files))
                 cmap, model, node = files[i]
@@ -950,6 +959,14 @@ async def test_concurrent_writes_truncates_and_recompression_match_a_model(seed,
                     want = bytes(model[at:at + n]).ljust(n, b"\0")
                     assert await store.read_parallel(cmap, at, n) == want, f"step {step}"
             stop.set()
+            await chaos_finished.wait()
+            # a last copy, and a new setting that sends every chunk through the last pass
+            copy = text(3 * CHUNK, seed=seed + 200)
+            for cmap, model, _ in files[:2]:
+                await store.truncate(cmap, 0)
+                await store.write(cmap, 0, copy)
+                model[:] = copy
+            rc.level = 9 if rc.level != 9 else 6
             await store.flush()
             await rc.recompress(idle_only=False)
             counts["dedup_chunks"] = max(counts["dedup_chunks"], store.dedup_chunks)
