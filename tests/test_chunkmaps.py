@@ -1,5 +1,7 @@
 """Unit and model-based tests of the packed chunk maps (chunkmaps.py, slots.py)."""
 
+from array import array
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -11,7 +13,7 @@ from zsfs.chunkmaps import ChunkMaps
 WIDE = 1 << 70                 # an entry too wide for the column (a fill word's)
 
 
-def test_chunk_zero_lives_in_the_column_and_the_rest_in_a_dict():
+def test_chunk_zero_lives_in_the_column_and_the_rest_in_an_array():
     maps = ChunkMaps()
     m = maps.new()
     assert (maps.get(m, 0), maps.chunks(m), maps.indexes(m), maps.stored[m]) == (None, 0, [], 0)
@@ -24,9 +26,26 @@ def test_chunk_zero_lives_in_the_column_and_the_rest_in_a_dict():
     assert (maps.get(m, 0), maps.chunks(m), maps._more) == (51, 1, {})     # back in the column
     with pytest.raises(KeyError):
         maps.pop(m, 7)
-    maps.set(m, 5, 55)                          # a lone chunk other than 0 stays in a dict
-    assert maps.pop(m, 0) == 51 and maps._more == {m: {5: 55}} and maps.get(m, 0) is None
+    maps.set(m, 5, 55)                          # a lone chunk other than 0 stays in the array
+    assert maps.pop(m, 0) == 51 and maps._more == {m: array("Q", [0, 0, 0, 0, 0, 55])}
+    assert maps.get(m, 0) is None and maps.indexes(m) == [5] and maps.chunks(m) == 1
     assert maps.pop(m, 5) == 55 and maps.chunks(m) == 0 and maps._more == {}
+
+
+def test_an_array_holds_a_file_written_in_order_and_a_dict_a_sparse_one():
+    maps = ChunkMaps()
+    dense, sparse = maps.new(), maps.new()
+    for index in range(300):
+        maps.set(dense, index, index + 1)
+    maps.set(sparse, 0, 1)
+    maps.set(sparse, 10_000, 2)                 # an array would be 80 KB of holes
+    assert type(maps._more[dense]) is array and len(maps._more[dense]) == 300
+    assert maps._more[sparse] == {0: 1, 10_000: 2}
+    assert maps.memory() - ChunkMaps().memory() < 300 * 8 + 1024
+    for index in range(299, 0, -1):             # truncated from the end: the array shrinks
+        assert maps.pop(dense, index) == index + 1
+        assert len(maps._more.get(dense, ())) in (index, 0)
+    assert maps._more == {sparse: {0: 1, 10_000: 2}} and maps.get(dense, 0) == 1
 
 
 def test_a_wide_entry_goes_to_a_dict_even_for_chunk_zero():
@@ -86,7 +105,7 @@ class ChunkMapsMachine(RuleBasedStateMachine):
         self.model[m], self.stored[m] = {}, 0
 
     @precondition(lambda self: self.model)
-    @rule(pick=st.integers(0), index=st.sampled_from([0, 0, 1, 2, 1000]),
+    @rule(pick=st.integers(0), index=st.sampled_from([0, 0, 1, 2, 70, 1000]),
           entry=st.one_of(st.integers(1, (1 << 64) - 1), st.just(WIDE)),
           stored=st.integers(0, 1 << 40))
     def set(self, pick: int, index: int, entry: int, stored: int) -> None:
@@ -119,7 +138,7 @@ class ChunkMapsMachine(RuleBasedStateMachine):
         for m, chunks in self.model.items():
             assert dict(zip(maps.indexes(m), maps.entries(m))) == chunks
             assert maps.chunks(m) == len(chunks) and maps.stored[m] == self.stored[m]
-            for index in (0, 1, 2, 1000):
+            for index in (0, 1, 2, 70, 1000):
                 assert maps.get(m, index) == maps.lookup(m, index) == chunks.get(index)
         for m in range(1, len(maps)):
             if m not in self.model:
