@@ -87,6 +87,26 @@ def check_stats(pool: Pool, model: dict[int, bytes] | None = None) -> None:
         lo = sum(n * bounds[b][0] for b, n in enumerate(c.fullness))
         hi = sum(n * bounds[b][1] for b, n in enumerate(c.fullness))
         assert lo <= c.obj_used <= hi, (c, lo, hi)
+    check_groups(pool)
+
+
+def check_groups(pool: Pool) -> None:
+    """Each class's fullness-group lists hold exactly its live zspages, each in the
+    group its objects in use call for, linked both ways."""
+    listed = set()
+    for cls in pool._classes:
+        for group, head in enumerate(cls.heads):
+            members, before, z = [], -1, head
+            while z != -1:
+                assert pool._zs_prev[z] == before and pool._zs_class[z] is cls
+                assert pool._zs_group[z] == group == cls.group_of[pool._zs_inuse[z]]
+                members.append(z)
+                before, z = z, pool._zs_next[z]
+            assert len(members) == cls.counts[group]
+            listed.update(members)
+        assert sum(cls.counts) == cls.zspages
+    assert listed == {z for z, cls in enumerate(pool._zs_class) if cls is not None}
+    assert set(pool._free_zspage_ids) == {z for z, cls in enumerate(pool._zs_class) if cls is None}
 
 
 def row_of(pool: Pool, handle: int):
@@ -147,8 +167,10 @@ def class_count(max_object_size: int) -> int:
     return math.ceil((max_object_size - MIN_CLASS) / delta) + 1
 
 
-def zspages_of(pool: Pool) -> list:
-    return [z for z in pool._zspages if z is not None]
+def scattered_zspages(pool: Pool) -> list[tuple[int, list[int]]]:
+    """(class size, pages) of each zspage whose pages are not contiguous."""
+    assert all(pool._zs_base[z] == -1 for z in pool._zs_pages)
+    return [(pool._zs_class[z].size, list(pages)) for z, pages in pool._zs_pages.items()]
 
 
 def entries(pool: Pool, handles) -> list[int]:
@@ -372,7 +394,7 @@ def test_noncontiguous_zspages_read_and_write(size):
     model: dict[int, bytes] = {}
     r = rnd(size)
     make_noncontiguous(pool, size, r, model)
-    scattered = [z for z in zspages_of(pool) if z.base == -1]
+    scattered = scattered_zspages(pool)
     assert scattered, "the setup did not produce a non-contiguous zspage"
     check_objects(pool, model)
     for h in list(model)[::3]:
@@ -395,12 +417,9 @@ def test_noncontiguous_objects_straddle_in_every_slot():
     make_noncontiguous(pool, 1000, r, model)
     # Each slot of a scattered 1000-byte-class zspage, including those crossing
     # from one page to a non-adjacent one.
-    for z in zspages_of(pool):
-        if z.base == -1 and z.size_class.size >= 1000:
-            assert len(set(z.pages)) == len(z.pages)
-            break
-    else:
-        pytest.fail("no scattered 1000-byte zspage")
+    pages = next((p for size, p in scattered_zspages(pool) if size >= 1000), None)
+    assert pages is not None, "no scattered 1000-byte zspage"
+    assert len(set(pages)) == len(pages)
     check_objects(pool, model)
 
 
@@ -844,7 +863,7 @@ def test_compact_noncontiguous_zspages():
         if r.random() < 0.6:
             pool.free(h)
             del model[h]
-    assert any(z.base == -1 for z in zspages_of(pool))
+    assert scattered_zspages(pool)
     before = pool.stats()
     freed = pool.compact()
     assert freed >= before.freeable > 0
@@ -1308,9 +1327,9 @@ def test_compaction_spills_the_last_zspages_of_sparse_classes_into_larger_ones()
 
 def held_in(pool: Pool, handle: int):
     """(the class holding ``handle``'s object, the class its size belongs to)."""
-    zspage = pool._zspages[pool._entry(handle) >> _ZSPAGE_SHIFT]
+    holder = pool._zs_class[pool._entry(handle) >> _ZSPAGE_SHIFT]
     home = pool._class_lookup[pool._lookup_index(pool.size(handle))]
-    return zspage.size_class, home
+    return holder, home
 
 
 def test_spilled_objects_go_home_where_deletions_left_room():

@@ -20,6 +20,8 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from zsfs.arena import PAGE_SIZE
 from zsfs.zsmalloc import InvalidHandle, Pool, PoolFull
 
+from test_zsmalloc import check_groups
+
 #: zspage chains are at most this long for objects up to 16 KiB, and at most four
 #: objects' worth of pages above that.
 def max_chain(max_object_size: int) -> int:
@@ -209,6 +211,10 @@ class PoolMachine(RuleBasedStateMachine):
         for h, payload in self.model.items():
             assert self.pool.size(h) == len(payload)
             assert bytes(self.pool.read(h)) == payload, f"object {h} corrupted"
+
+    @invariant()
+    def zspage_lists_hold_every_zspage(self):
+        check_groups(self.pool)
 
     @invariant()
     def stats_add_up(self):

@@ -35,8 +35,11 @@ spilled by earlier ones back into their own class where it has room again. It
 runs in bounded slices (``compact_steps``) so an event loop can serve requests
 between them.
 
-Bookkeeping lives in Python only per handle (8 bytes in an ``array``) and per
-zspage (one small object); nothing is kept per free slot.
+Bookkeeping lives in Python arrays only: per handle (8 bytes) and per zspage (a
+zspage is a number with a row of columns, about 40 bytes; its fullness group is
+an intrusive list through two of them, like the kernel's ``list_head``); nothing
+is kept per free slot. A zspage as an object took about 190 bytes of CPython's
+small-object arenas, which stayed pinned after the zspages were freed.
 
 Concurrency: a Pool is not thread-safe. zsfs calls it from the trio thread only.
 """
@@ -66,6 +69,7 @@ ZS_MAX_CHAIN = 16
 FULLNESS_LABELS = ("10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%", "100%")
 _FULL = 11
 _OFF_MASK = PAGE_SIZE - 1
+_NIL = -1                      # no zspage
 
 # A handle-table entry: zspage id | slot index | object length | live tag.
 _IDX_SHIFT = 18
@@ -89,7 +93,7 @@ class SizeClass:
 
     __slots__ = (
         "index", "size", "pages_per_zspage", "objs_per_zspage", "huge", "header",
-        "group_of", "fullness", "current", "obj_used", "zspages",
+        "group_of", "heads", "counts", "current", "obj_used", "zspages",
     )
 
     def __init__(self, index: int, size: int, pages_per_zspage: int, objs_per_zspage: int) -> None:
@@ -100,8 +104,9 @@ class SizeClass:
         self.huge = objs_per_zspage == 1
         self.header = 0 if self.huge else HANDLE_SIZE
         self.group_of = tuple(fullness_group(n, objs_per_zspage) for n in range(objs_per_zspage + 1))
-        self.fullness: list[set[ZsPage]] = [set() for _ in range(_FULL + 1)]
-        self.current: ZsPage | None = None   # where malloc looks first
+        self.heads = [_NIL] * (_FULL + 1)    # first zspage of each fullness group
+        self.counts = [0] * (_FULL + 1)      # zspages in each group
+        self.current = _NIL                  # where malloc looks first
         self.obj_used = 0
         self.zspages = 0
 
@@ -113,37 +118,8 @@ class SizeClass:
         return free_slots // self.objs_per_zspage * self.pages_per_zspage
 
 
-class ZsPage:
-    """A chain of arena pages holding ``objs_per_zspage`` slots of one class.
-
-    ``base`` is the byte address of the first page when the chain happens to be
-    contiguous in the arena (then every object is one slice and ``pages`` is None,
-    to keep the common case small); else ``base`` is -1 and ``pages`` lists them.
-    ``bump`` is the first slot never used; slots below it that are free are on
-    ``freelist`` (slot index + 1, 0 = empty), linked through their headers.
-    """
-
-    __slots__ = ("id", "size_class", "pages", "base", "inuse", "freelist", "bump", "fullness")
-
-    def __init__(self, zspage_id: int, size_class: SizeClass, pages: list[int]) -> None:
-        self.id = zspage_id
-        self.size_class = size_class
-        first = pages[0]
-        if all(p == first + i for i, p in enumerate(pages)):
-            self.base = first << PAGE_SHIFT
-            self.pages: array | None = None
-        else:
-            self.base = -1
-            self.pages = array("I", pages)
-        self.inuse = 0
-        self.freelist = 0
-        self.bump = 0
-        self.fullness = 0
-
-
-# Python bytes of one zspage (object, page array header, a set slot) and of one class.
-_ZSPAGE_BYTES = sys.getsizeof(ZsPage.__new__(ZsPage)) + 2 * sys.getsizeof(1 << 40) + 16
-_CLASS_BYTES = sys.getsizeof(SizeClass.__new__(SizeClass)) + 12 * sys.getsizeof(set())
+# Python bytes of one class.
+_CLASS_BYTES = sys.getsizeof(SizeClass.__new__(SizeClass)) + 2 * sys.getsizeof([0] * (_FULL + 1))
 
 
 def fullness_group(inuse: int, objs_per_zspage: int) -> int:
@@ -262,7 +238,19 @@ class Pool:
                                 if first_huge else 1)
         self._handles = array("Q", [0])   # handle 0 is never valid
         self._free_handle = 0              # head of the freed-handle list
-        self._zspages: list[ZsPage | None] = []
+        # A zspage is a number; its row: class (None when free), the byte address of
+        # its first page if the chain is contiguous (else -1, and its pages are in
+        # _zs_pages), objects in use, free-slot list head (slot + 1, 0 = empty), first
+        # slot never used, fullness group, and its neighbours in that group's list.
+        self._zs_class: list[SizeClass | None] = []
+        self._zs_base = array("q")
+        self._zs_pages: dict[int, array] = {}
+        self._zs_inuse = array("H")
+        self._zs_freelist = array("H")
+        self._zs_bump = array("H")
+        self._zs_group = array("B")
+        self._zs_next = array("i")
+        self._zs_prev = array("i")
         self._free_zspage_ids = array("I")   # not a list: see Arena's free pages
         self._spilled: set[int] = set()    # handles of objects spilled into a larger class
         self.obj_bytes = 0
@@ -315,15 +303,17 @@ class Pool:
         if not 0 < size <= self.max_object_size:
             raise ValueError(f"object size {size} outside 1..{self.max_object_size}")
         cls = self._class_lookup[self._lookup_index(size)]
-        zspage = cls.current
-        if zspage is None or zspage.inuse == cls.objs_per_zspage:
-            zspage = cls.current = self._zspage_with_room(cls)
-        idx = zspage.freelist - 1
+        in_use = self._zs_inuse
+        z = cls.current
+        if z == _NIL or in_use[z] == cls.objs_per_zspage:
+            z = cls.current = self._zspage_with_room(cls)
+        freelist = self._zs_freelist
+        idx = freelist[z] - 1
         if idx >= 0:
-            zspage.freelist = _header.unpack_from(self._view, self._slot_addr(zspage, idx))[0] >> 1
+            freelist[z] = _header.unpack_from(self._view, self._slot_addr(z, idx))[0] >> 1
         else:
-            idx = zspage.bump
-            zspage.bump = idx + 1
+            idx = self._zs_bump[z]
+            self._zs_bump[z] = idx + 1
         handles = self._handles
         handle = self._free_handle
         if handle:
@@ -331,28 +321,66 @@ class Pool:
         else:
             handle = len(handles)
             handles.append(0)
-        handles[handle] = (zspage.id << _ZSPAGE_SHIFT) | (idx << _IDX_SHIFT) | (size << 1) | 1
+        handles[handle] = (z << _ZSPAGE_SHIFT) | (idx << _IDX_SHIFT) | (size << 1) | 1
         if cls.header:
-            base = zspage.base
+            base = self._zs_base[z]
             _header.pack_into(self._view, base + idx * cls.size if base >= 0
-                              else self._slot_addr(zspage, idx), (handle << 1) | 1)
-        inuse = zspage.inuse = zspage.inuse + 1
+                              else self._slot_addr(z, idx), (handle << 1) | 1)
+        inuse = in_use[z] = in_use[z] + 1
         cls.obj_used += 1
         self.obj_bytes += size
-        if cls.group_of[inuse] != zspage.fullness:
-            self._regroup(cls, zspage)
+        if cls.group_of[inuse] != self._zs_group[z]:
+            self._regroup(cls, z)
         return handle
 
     def _lookup_index(self, size: int) -> int:
         """Where ``size`` is in ``_class_lookup`` (and ``_worst_pages``)."""
         return (size + self._lookup_bias) // self.delta
 
-    def _zspage_with_room(self, cls: SizeClass) -> ZsPage:
+    def _zspage_with_room(self, cls: SizeClass) -> int:
         """The fullest zspage of ``cls`` that is not full, or a new one."""
-        for group in reversed(cls.fullness[1:_FULL]):
-            if group:
-                return next(iter(group))
-        return self._new_zspage(cls)
+        z = self._fullest_with_room(cls)
+        return self._new_zspage(cls) if z == _NIL else z
+
+    @staticmethod
+    def _fullest_with_room(cls: SizeClass) -> int:
+        """The fullest zspage of ``cls`` that is neither empty nor full, or _NIL."""
+        heads = cls.heads
+        for group in range(_FULL - 1, 0, -1):
+            if heads[group] != _NIL:
+                return heads[group]
+        return _NIL
+
+    def _members(self, cls: SizeClass, group: int) -> Iterator[int]:
+        """The zspages of one fullness group of ``cls`` (the list must not change meanwhile)."""
+        following = self._zs_next
+        z = cls.heads[group]
+        while z != _NIL:
+            yield z
+            z = following[z]
+
+    def _link(self, cls: SizeClass, z: int, group: int) -> None:
+        """Put zspage ``z`` first in fullness group ``group`` of ``cls``."""
+        head = cls.heads[group]
+        self._zs_next[z] = head
+        self._zs_prev[z] = _NIL
+        if head != _NIL:
+            self._zs_prev[head] = z
+        cls.heads[group] = z
+        cls.counts[group] += 1
+        self._zs_group[z] = group
+
+    def _unlink(self, cls: SizeClass, z: int) -> None:
+        """Take zspage ``z`` out of its fullness group's list."""
+        group = self._zs_group[z]
+        following, before = self._zs_next[z], self._zs_prev[z]
+        if before == _NIL:
+            cls.heads[group] = following
+        else:
+            self._zs_next[before] = following
+        if following != _NIL:
+            self._zs_prev[following] = before
+        cls.counts[group] -= 1
 
     def _check_room(self, npages: int) -> None:
         """Raise PoolFull unless ``npages`` more pages fit beside those in use or reserved."""
@@ -406,56 +434,66 @@ class Pool:
         finally:
             self._grace = 0
 
-    def _new_zspage(self, cls: SizeClass) -> ZsPage:
+    def _new_zspage(self, cls: SizeClass) -> int:
+        """A new, empty zspage of ``cls``: a chain of pages, contiguous if they happen to be."""
         npages = cls.pages_per_zspage
         self._check_room(npages)
         pages = [self.arena.alloc_page() for _ in range(npages)]
+        first = pages[0]
+        contiguous = all(p == first + i for i, p in enumerate(pages))
+        base = first << PAGE_SHIFT if contiguous else -1
         if self._free_zspage_ids:
-            zspage_id = self._free_zspage_ids.pop()
-            zspage = self._zspages[zspage_id] = ZsPage(zspage_id, cls, pages)
+            z = self._free_zspage_ids.pop()
+            self._zs_class[z] = cls
+            self._zs_base[z] = base
+            self._zs_inuse[z] = self._zs_freelist[z] = self._zs_bump[z] = 0
         else:
-            zspage = ZsPage(len(self._zspages), cls, pages)
-            self._zspages.append(zspage)
-        if zspage.pages is not None:
-            self._scattered_bytes += sys.getsizeof(zspage.pages)
+            z = len(self._zs_class)
+            self._zs_class.append(cls)
+            self._zs_base.append(base)
+            for column in (self._zs_inuse, self._zs_freelist, self._zs_bump, self._zs_group,
+                           self._zs_next, self._zs_prev):
+                column.append(0)
+        if not contiguous:
+            scattered = self._zs_pages[z] = array("I", pages)
+            self._scattered_bytes += sys.getsizeof(scattered)
         cls.zspages += 1
-        cls.fullness[0].add(zspage)
-        return zspage
+        self._link(cls, z, 0)
+        return z
 
-    def _free_zspage(self, cls: SizeClass, zspage: ZsPage) -> None:
-        cls.fullness[zspage.fullness].discard(zspage)
-        if cls.current is zspage:
-            cls.current = None
-        if zspage.pages is None:
-            first = zspage.base >> PAGE_SHIFT
+    def _free_zspage(self, cls: SizeClass, z: int) -> None:
+        self._unlink(cls, z)
+        if cls.current == z:
+            cls.current = _NIL
+        base = self._zs_base[z]
+        if base >= 0:
+            first = base >> PAGE_SHIFT
             pages: Iterable[int] = range(first, first + cls.pages_per_zspage)
         else:
-            pages = zspage.pages
+            pages = self._zs_pages.pop(z)
             self._scattered_bytes -= sys.getsizeof(pages)
         for page in pages:
             self.arena.free_page(page)
-        self._zspages[zspage.id] = None
-        self._free_zspage_ids.append(zspage.id)
+        self._zs_class[z] = None
+        self._free_zspage_ids.append(z)
         cls.zspages -= 1
 
-    def _regroup(self, cls: SizeClass, zspage: ZsPage) -> None:
-        """Move ``zspage`` to the fullness group its ``inuse`` now calls for."""
-        group = cls.group_of[zspage.inuse]
-        old = zspage.fullness
+    def _regroup(self, cls: SizeClass, z: int) -> None:
+        """Move zspage ``z`` to the fullness group its objects in use now call for."""
+        group = cls.group_of[self._zs_inuse[z]]
+        old = self._zs_group[z]
         if group != old:
-            groups = cls.fullness
-            groups[old].discard(zspage)
-            groups[group].add(zspage)
-            zspage.fullness = group
+            self._unlink(cls, z)
+            self._link(cls, z, group)
             # malloc's cached zspage must stay the fullest one with room.
             current = cls.current
-            if current is None:
+            if current == _NIL:
                 return
-            if zspage is current:
-                if group < old and any(groups[group + 1:_FULL]):
-                    cls.current = None
-            elif current.fullness < group < _FULL:
-                cls.current = None
+            if z == current:
+                if group < old and any(h != _NIL for h in cls.heads[group + 1:_FULL]):
+                    cls.current = _NIL
+            elif self._zs_group[current] < group < _FULL:
+                cls.current = _NIL
 
     # -- access -------------------------------------------------------------------
 
@@ -473,12 +511,13 @@ class Pool:
             raise InvalidHandle(f"invalid or freed handle {handle!r}")
         return entry
 
-    def _slot_addr(self, zspage: ZsPage, idx: int) -> int:
+    def _slot_addr(self, z: int, idx: int) -> int:
         """Arena address of slot ``idx``'s start (only its header is guaranteed in one page)."""
-        offset = idx * zspage.size_class.size
-        if zspage.base >= 0:
-            return zspage.base + offset
-        return (zspage.pages[offset >> PAGE_SHIFT] << PAGE_SHIFT) | (offset & _OFF_MASK)
+        offset = idx * self._zs_class[z].size
+        base = self._zs_base[z]
+        if base >= 0:
+            return base + offset
+        return (self._zs_pages[z][offset >> PAGE_SHIFT] << PAGE_SHIFT) | (offset & _OFF_MASK)
 
     def size(self, handle: int) -> int:
         """Exact length of the object."""
@@ -492,14 +531,15 @@ class Pool:
             entry = 0
         if not entry & 1 or handle <= 0:
             entry = self._entry(handle)
-        zspage = self._zspages[entry >> _ZSPAGE_SHIFT]
-        cls = zspage.size_class
+        z = entry >> _ZSPAGE_SHIFT
+        cls = self._zs_class[z]
         offset = ((entry >> _IDX_SHIFT) & _IDX_MASK) * cls.size + cls.header
         length = (entry >> 1) & _LEN_MASK
-        if zspage.base >= 0:
-            start = zspage.base + offset
+        base = self._zs_base[z]
+        if base >= 0:
+            start = base + offset
             return self._view[start:start + length]
-        return b"".join(self._segments(zspage, offset, length))
+        return b"".join(self._segments(z, offset, length))
 
     def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
         """Fill the object with ``data``, which must be exactly its size."""
@@ -512,24 +552,25 @@ class Pool:
         length = (entry >> 1) & _LEN_MASK
         if len(data) != length:
             raise ValueError(f"object {handle} holds {length} bytes, got {len(data)}")
-        zspage = self._zspages[entry >> _ZSPAGE_SHIFT]
-        cls = zspage.size_class
+        z = entry >> _ZSPAGE_SHIFT
+        cls = self._zs_class[z]
         offset = ((entry >> _IDX_SHIFT) & _IDX_MASK) * cls.size + cls.header
         view = self._view
-        if zspage.base >= 0:
-            start = zspage.base + offset
+        base = self._zs_base[z]
+        if base >= 0:
+            start = base + offset
             view[start:start + length] = data
             return
         data = memoryview(data).cast("B")
         done = 0
-        for segment in self._segments(zspage, offset, length):
+        for segment in self._segments(z, offset, length):
             n = len(segment)
             segment[:] = data[done:done + n]
             done += n
 
-    def _segments(self, zspage: ZsPage, offset: int, length: int) -> Iterator[memoryview]:
+    def _segments(self, z: int, offset: int, length: int) -> Iterator[memoryview]:
         """Arena views covering ``length`` bytes at ``offset`` of a non-contiguous zspage."""
-        view, pages = self._view, zspage.pages
+        view, pages = self._view, self._zs_pages[z]
         while length:
             in_page = offset & _OFF_MASK
             n = min(length, PAGE_SIZE - in_page)
@@ -546,25 +587,27 @@ class Pool:
             entry = 0
         if not entry & 1 or handle <= 0:
             entry = self._entry(handle)
-        zspage = self._zspages[entry >> _ZSPAGE_SHIFT]
-        cls = zspage.size_class
+        z = entry >> _ZSPAGE_SHIFT
+        cls = self._zs_class[z]
         if self._spilled:
             self._spilled.discard(handle)
         self._handles[handle] = self._free_handle << 1
         self._free_handle = handle
         self.obj_bytes -= (entry >> 1) & _LEN_MASK
         cls.obj_used -= 1
-        inuse = zspage.inuse = zspage.inuse - 1
+        in_use = self._zs_inuse
+        inuse = in_use[z] = in_use[z] - 1
         if inuse == 0:
-            self._free_zspage(cls, zspage)
+            self._free_zspage(cls, z)
             return
         idx = (entry >> _IDX_SHIFT) & _IDX_MASK
-        base = zspage.base
+        base = self._zs_base[z]
+        freelist = self._zs_freelist
         _header.pack_into(self._view, base + idx * cls.size if base >= 0
-                          else self._slot_addr(zspage, idx), zspage.freelist << 1)
-        zspage.freelist = idx + 1
-        if cls.group_of[inuse] != zspage.fullness:
-            self._regroup(cls, zspage)
+                          else self._slot_addr(z, idx), freelist[z] << 1)
+        freelist[z] = idx + 1
+        if cls.group_of[inuse] != self._zs_group[z]:
+            self._regroup(cls, z)
 
     # -- compaction ---------------------------------------------------------------
 
@@ -611,64 +654,66 @@ class Pool:
 
         Returns (pages freed, objects moved).
         """
-        groups = cls.fullness
+        heads = cls.heads
         freed = moved = 0
-        cls.current = None
+        cls.current = _NIL
         while moved < budget and cls.freeable():
-            src = next(iter(next(g for g in groups[1:_FULL] if g)))
-            dst = next((z for g in reversed(groups[1:_FULL]) for z in g if z is not src), None)
-            if dst is None:
+            src = next(heads[g] for g in range(1, _FULL) if heads[g] != _NIL)
+            dst = next((z for g in range(_FULL - 1, 0, -1) for z in self._members(cls, g)
+                        if z != src), _NIL)
+            if dst == _NIL:
                 break
             moved += self._migrate(cls, src, dst, budget - moved)
             self._regroup(cls, dst)
-            if src.inuse == 0:
+            if self._zs_inuse[src] == 0:
                 self._free_zspage(cls, src)
                 freed += cls.pages_per_zspage
             else:
                 self._regroup(cls, src)
         return freed, moved
 
-    def _migrate(self, cls: SizeClass, src: ZsPage, dst: ZsPage, budget: int) -> int:
+    def _migrate(self, cls: SizeClass, src: int, dst: int, budget: int) -> int:
         """Move live objects of ``src`` into ``dst`` until one side or the budget runs out."""
         moved = 0
         for idx, tag in self._live_slots(src):
-            if moved == budget or dst.inuse == cls.objs_per_zspage:
+            if moved == budget or self._zs_inuse[dst] == cls.objs_per_zspage:
                 break
             self._move(src, idx, tag, dst)
             moved += 1
         return moved
 
-    def _live_slots(self, zspage: ZsPage) -> Iterator[tuple[int, int]]:
+    def _live_slots(self, z: int) -> Iterator[tuple[int, int]]:
         """(slot index, header tag) of each object in a non-huge zspage."""
         view = self._view
-        for idx in range(zspage.bump):
-            tag = _header.unpack_from(view, self._slot_addr(zspage, idx))[0]
+        for idx in range(self._zs_bump[z]):
+            tag = _header.unpack_from(view, self._slot_addr(z, idx))[0]
             if tag & 1:
                 yield idx, tag
 
-    def _move(self, src: ZsPage, idx: int, tag: int, dst: ZsPage) -> None:
+    def _move(self, src: int, idx: int, tag: int, dst: int) -> None:
         """Move the object in slot ``idx`` of ``src`` (header ``tag``) to a free slot of ``dst``,
         whose class may be larger: its handle follows, its length stays exact."""
-        view, handles = self._view, self._handles
+        view, handles, freelist = self._view, self._handles, self._zs_freelist
         handle = tag >> 1
         data = bytes(self.read(handle))
-        if dst.freelist:
-            new_idx = dst.freelist - 1
-            dst.freelist = _header.unpack_from(view, self._slot_addr(dst, new_idx))[0] >> 1
+        if freelist[dst]:
+            new_idx = freelist[dst] - 1
+            freelist[dst] = _header.unpack_from(view, self._slot_addr(dst, new_idx))[0] >> 1
         else:
-            new_idx = dst.bump
-            dst.bump += 1
-        handles[handle] = ((dst.id << _ZSPAGE_SHIFT) | (new_idx << _IDX_SHIFT)
+            new_idx = self._zs_bump[dst]
+            self._zs_bump[dst] = new_idx + 1
+        handles[handle] = ((dst << _ZSPAGE_SHIFT) | (new_idx << _IDX_SHIFT)
                            | (handles[handle] & 0x3FFFF))
         _header.pack_into(view, self._slot_addr(dst, new_idx), tag)
         self.write(handle, data)
-        _header.pack_into(view, self._slot_addr(src, idx), src.freelist << 1)
-        src.freelist = idx + 1
-        src.inuse -= 1
-        dst.inuse += 1
-        if src.size_class is not dst.size_class:
-            src.size_class.obj_used -= 1
-            dst.size_class.obj_used += 1
+        _header.pack_into(view, self._slot_addr(src, idx), freelist[src] << 1)
+        freelist[src] = idx + 1
+        self._zs_inuse[src] -= 1
+        self._zs_inuse[dst] += 1
+        src_class, dst_class = self._zs_class[src], self._zs_class[dst]
+        if src_class is not dst_class:
+            src_class.obj_used -= 1       # type: ignore[union-attr]
+            dst_class.obj_used += 1       # type: ignore[union-attr]
 
     def _rehome(self, budget: int) -> Iterator[int]:
         """Move spilled objects back into free slots of their own class: yields the
@@ -690,17 +735,17 @@ class Pool:
             if handle not in self._spilled:       # freed since (maybe reused)
                 continue
             entry = self._handles[handle]
-            src = self._zspages[entry >> _ZSPAGE_SHIFT]
+            src = entry >> _ZSPAGE_SHIFT
             home = self._class_lookup[self._lookup_index((entry >> 1) & _LEN_MASK)]
-            dst = next((z for g in reversed(home.fullness[1:_FULL]) for z in g), None)
-            if dst is None:
+            dst = self._fullest_with_room(home)
+            if dst == _NIL:
                 continue
             self._spilled.discard(handle)
-            cls = src.size_class
-            cls.current = home.current = None
+            cls = self._zs_class[src]
+            cls.current = home.current = _NIL         # type: ignore[union-attr]
             self._move(src, (entry >> _IDX_SHIFT) & _IDX_MASK, (handle << 1) | 1, dst)
             self._regroup(home, dst)
-            if src.inuse:
+            if self._zs_inuse[src]:
                 self._regroup(cls, src)
             else:
                 self._free_zspage(cls, src)
@@ -723,37 +768,38 @@ class Pool:
         only when every object fits (checked again by each slice: if the pool
         changed meanwhile, what moved already cost nothing); else nothing moves.
         """
-        src = next((z for g in cls.fullness[1:_FULL] for z in g), None)
-        if src is None:
+        heads, in_use = cls.heads, self._zs_inuse
+        src = next((heads[g] for g in range(1, _FULL) if heads[g] != _NIL), _NIL)
+        if src == _NIL:
             return 0, 0
-        room: list[ZsPage] = []
+        room: list[int] = []
         free = 0
         for other in self._classes[self._classes.index(cls) + 1:]:
             if other.huge:          # a huge zspage is full or gone
                 continue
-            for group in reversed(other.fullness[1:_FULL]):
-                for zspage in group:
-                    room.append(zspage)
-                    free += other.objs_per_zspage - zspage.inuse
-            if free >= src.inuse:
+            for group in range(_FULL - 1, 0, -1):
+                for z in self._members(other, group):
+                    room.append(z)
+                    free += other.objs_per_zspage - in_use[z]
+            if free >= in_use[src]:
                 break
-        if free < src.inuse:
+        if free < in_use[src]:
             return 0, 0
         moved = 0
         slots = self._live_slots(src)
-        cls.current = None
+        cls.current = _NIL
         for dst in room:
-            dst_class = dst.size_class
-            dst_class.current = None
-            n = min(dst_class.objs_per_zspage - dst.inuse, budget - moved)
+            dst_class = self._zs_class[dst]
+            dst_class.current = _NIL                  # type: ignore[union-attr]
+            n = min(dst_class.objs_per_zspage - in_use[dst], budget - moved)  # type: ignore[union-attr]
             for idx, tag in itertools.islice(slots, n):
                 self._move(src, idx, tag, dst)
                 self._spilled.add(tag >> 1)
                 moved += 1
-            self._regroup(dst_class, dst)
-            if moved == budget or not src.inuse:
+            self._regroup(dst_class, dst)             # type: ignore[arg-type]
+            if moved == budget or not in_use[src]:
                 break
-        if src.inuse:
+        if in_use[src]:
             self._regroup(cls, src)
             return 0, moved
         self._free_zspage(cls, src)
@@ -763,11 +809,14 @@ class Pool:
 
     def metadata_bytes(self) -> int:
         """Python memory of the pool's bookkeeping: handle table, zspages, classes."""
-        handles = self._handles
-        total = (handles.buffer_info()[1] * handles.itemsize + sys.getsizeof(self._zspages)
+        columns = (self._handles, self._zs_base, self._zs_inuse, self._zs_freelist,
+                   self._zs_bump, self._zs_group, self._zs_next, self._zs_prev,
+                   self._free_zspage_ids)
+        total = (sum(c.buffer_info()[1] * c.itemsize for c in columns)
+                 + sys.getsizeof(self._zs_class) + sys.getsizeof(self._zs_pages)
                  + self._scattered_bytes)
         for cls in self._classes:
-            total += _CLASS_BYTES + len(cls.group_of) * 8 + cls.zspages * _ZSPAGE_BYTES
+            total += _CLASS_BYTES + len(cls.group_of) * 8
         return total
 
     def reset_mem_used_max(self) -> None:
@@ -782,7 +831,7 @@ class Pool:
                 continue
             rows.append(ClassStats(
                 index=cls.index, size=cls.size,
-                fullness=tuple(len(g) for g in cls.fullness[1:]),
+                fullness=tuple(cls.counts[1:]),
                 obj_allocated=cls.zspages * cls.objs_per_zspage, obj_used=cls.obj_used,
                 pages_used=cls.zspages * cls.pages_per_zspage,
                 pages_per_zspage=cls.pages_per_zspage, freeable=cls.freeable(),
