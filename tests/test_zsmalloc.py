@@ -106,7 +106,7 @@ def check_groups(pool: Pool) -> None:
             listed.update(members)
         assert sum(cls.counts) == cls.zspages
     assert listed == {z for z, cls in enumerate(pool._zs_class) if cls is not None}
-    assert set(pool._free_zspage_ids) == {z for z, cls in enumerate(pool._zs_class) if cls is None}
+    assert all(pool._zs_base[z] == -2 for z, cls in enumerate(pool._zs_class) if cls is None)
 
 
 def row_of(pool: Pool, handle: int):
@@ -1406,3 +1406,35 @@ def test_a_spill_is_all_or_nothing():
     check_objects(pool, model)
     check_stats(pool, model)
     assert all(pool.size(h) == 100 for h in small)
+
+
+def test_the_handle_and_zspage_tables_shrink_when_the_pool_empties():
+    """Freed handles and zspage numbers are cut off the tables' ends, so a pool that
+    held many objects once gives that memory back (rm -rf of a big tree)."""
+    pool = Pool(max_object_size=16384, arena_capacity=1 << 30)
+    empty = pool.metadata_bytes()
+    r = rnd(11)
+    model: dict[int, bytes] = {}
+    for _ in range(20_000):
+        put(pool, model, r.randrange(1, 9000), r)
+    full = pool.metadata_bytes()
+    assert full > empty + 20_000 * 8
+    handles = list(model)
+    r.shuffle(handles)
+    for h in handles[:15_000]:
+        pool.free(h)
+        del model[h]
+    pool.compact()
+    check_objects(pool, model)
+    check_stats(pool, model)
+    for h in handles[15_000:]:
+        pool.free(h)
+        del model[h]
+    assert pool.stats().pages_used == 0
+    assert pool.metadata_bytes() < empty + 4096
+    assert len(pool._handles) == len(pool._zs_class) == 1
+    h = pool.malloc(100)                        # numbers start again from 1
+    assert h == 1 and pool._entry(h) >> 33 == 1
+    for _ in range(50):
+        put(pool, model, r.randrange(1, 9000), r)
+    check_stats(pool, {**model, h: bytes(pool.read(h))})

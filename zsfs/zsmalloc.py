@@ -38,8 +38,9 @@ between them.
 Bookkeeping lives in Python arrays only: per handle (8 bytes) and per zspage (a
 zspage is a number with a row of columns, about 40 bytes; its fullness group is
 an intrusive list through two of them, like the kernel's ``list_head``); nothing
-is kept per free slot. A zspage as an object took about 190 bytes of CPython's
-small-object arenas, which stayed pinned after the zspages were freed.
+is kept per free slot. Both tables are slots.py columns, so they shrink when the
+pool does. A zspage as an object took about 190 bytes of CPython's small-object
+arenas, which stayed pinned after the zspages were freed.
 
 Concurrency: a Pool is not thread-safe. zsfs calls it from the trio thread only.
 """
@@ -56,6 +57,7 @@ from itertools import accumulate
 from typing import Iterable, Iterator
 
 from .arena import PAGE_SHIFT, PAGE_SIZE, Arena
+from .slots import Slots
 
 HANDLE_SIZE = 4
 ZS_MIN_ALLOC_SIZE = 32
@@ -116,6 +118,71 @@ class SizeClass:
             return 0
         free_slots = self.zspages * self.objs_per_zspage - self.obj_used
         return free_slots // self.objs_per_zspage * self.pages_per_zspage
+
+
+class HandleTable(Slots):
+    """Where each object is, by handle: ``entries[h]`` is zspage | slot | length | 1,
+    0 for a free handle (so a freed handle is told by its clear tag bit)."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries = array("Q", [0])
+        super().__init__((self.entries,), (0,), self.entries, 0)
+
+    def new(self) -> int:
+        return self._take()
+
+    def free(self, handle: int) -> None:
+        self._give_back(handle)
+
+
+_FREE_ZSPAGE = -2              # base of a free zspage number
+
+
+class ZsPageTable(Slots):
+    """Every zspage's row, by zspage number: its class (None when free), the byte
+    address of its first page if the chain is contiguous (else -1, and its pages
+    are in ``scattered``), objects in use, the free-slot list's head (slot + 1, 0 =
+    empty), the first slot never used, its fullness group, and its neighbours in
+    that group's list."""
+
+    __slots__ = ("size_class", "base", "scattered", "inuse", "freelist", "bump", "group",
+                 "next", "prev")
+
+    def __init__(self) -> None:
+        self.size_class: list[SizeClass | None] = [None]
+        self.base = array("q", [_FREE_ZSPAGE])
+        self.scattered: dict[int, array] = {}
+        self.inuse = array("H", [0])
+        self.freelist = array("H", [0])
+        self.bump = array("H", [0])
+        self.group = array("B", [0])
+        self.next = array("i", [_NIL])
+        self.prev = array("i", [_NIL])
+        super().__init__(
+            (self.size_class, self.base, self.inuse, self.freelist, self.bump, self.group,
+             self.next, self.prev),
+            (None, _FREE_ZSPAGE, 0, 0, 0, 0, _NIL, _NIL), self.base, _FREE_ZSPAGE)
+
+    def new(self, cls: SizeClass, pages: list[int]) -> int:
+        first = pages[0]
+        z = self._take()
+        self.size_class[z] = cls
+        if all(p == first + i for i, p in enumerate(pages)):
+            self.base[z] = first << PAGE_SHIFT
+        else:
+            self.base[z] = -1
+            self.scattered[z] = array("I", pages)
+        return z
+
+    def free(self, z: int) -> None:
+        self.scattered.pop(z, None)
+        self._give_back(z)
+
+    def memory(self) -> int:
+        return super().memory() + sys.getsizeof(self.scattered) + sum(
+            map(sys.getsizeof, self.scattered.values()))
 
 
 # Python bytes of one class.
@@ -236,25 +303,16 @@ class Pool:
         #: Objects of this many bytes or more land in the top run of huge classes.
         self.huge_class_size = (self._classes[first_huge - 1].size - HANDLE_SIZE + 1
                                 if first_huge else 1)
-        self._handles = array("Q", [0])   # handle 0 is never valid
-        self._free_handle = 0              # head of the freed-handle list
-        # A zspage is a number; its row: class (None when free), the byte address of
-        # its first page if the chain is contiguous (else -1, and its pages are in
-        # _zs_pages), objects in use, free-slot list head (slot + 1, 0 = empty), first
-        # slot never used, fullness group, and its neighbours in that group's list.
-        self._zs_class: list[SizeClass | None] = []
-        self._zs_base = array("q")
-        self._zs_pages: dict[int, array] = {}
-        self._zs_inuse = array("H")
-        self._zs_freelist = array("H")
-        self._zs_bump = array("H")
-        self._zs_group = array("B")
-        self._zs_next = array("i")
-        self._zs_prev = array("i")
-        self._free_zspage_ids = array("I")   # not a list: see Arena's free pages
+        self._handle_table = HandleTable()
+        self._handles = self._handle_table.entries
+        # A zspage is a number, its fields columns of a table (the columns are
+        # trimmed in place, so these names stay valid).
+        zs = self._zspage_table = ZsPageTable()
+        self._zs_class, self._zs_base, self._zs_pages = zs.size_class, zs.base, zs.scattered
+        self._zs_inuse, self._zs_freelist, self._zs_bump = zs.inuse, zs.freelist, zs.bump
+        self._zs_group, self._zs_next, self._zs_prev = zs.group, zs.next, zs.prev
         self._spilled: set[int] = set()    # handles of objects spilled into a larger class
         self.obj_bytes = 0
-        self._scattered_bytes = 0          # page arrays of non-contiguous zspages
         self.pages_compacted = 0
         #: Pages promised to objects not allocated yet (see reserve()).
         self.reserved_pages = 0
@@ -314,14 +372,8 @@ class Pool:
         else:
             idx = self._zs_bump[z]
             self._zs_bump[z] = idx + 1
-        handles = self._handles
-        handle = self._free_handle
-        if handle:
-            self._free_handle = handles[handle] >> 1
-        else:
-            handle = len(handles)
-            handles.append(0)
-        handles[handle] = (z << _ZSPAGE_SHIFT) | (idx << _IDX_SHIFT) | (size << 1) | 1
+        handle = self._handle_table.new()
+        self._handles[handle] = (z << _ZSPAGE_SHIFT) | (idx << _IDX_SHIFT) | (size << 1) | 1
         if cls.header:
             base = self._zs_base[z]
             _header.pack_into(self._view, base + idx * cls.size if base >= 0
@@ -438,25 +490,7 @@ class Pool:
         """A new, empty zspage of ``cls``: a chain of pages, contiguous if they happen to be."""
         npages = cls.pages_per_zspage
         self._check_room(npages)
-        pages = [self.arena.alloc_page() for _ in range(npages)]
-        first = pages[0]
-        contiguous = all(p == first + i for i, p in enumerate(pages))
-        base = first << PAGE_SHIFT if contiguous else -1
-        if self._free_zspage_ids:
-            z = self._free_zspage_ids.pop()
-            self._zs_class[z] = cls
-            self._zs_base[z] = base
-            self._zs_inuse[z] = self._zs_freelist[z] = self._zs_bump[z] = 0
-        else:
-            z = len(self._zs_class)
-            self._zs_class.append(cls)
-            self._zs_base.append(base)
-            for column in (self._zs_inuse, self._zs_freelist, self._zs_bump, self._zs_group,
-                           self._zs_next, self._zs_prev):
-                column.append(0)
-        if not contiguous:
-            scattered = self._zs_pages[z] = array("I", pages)
-            self._scattered_bytes += sys.getsizeof(scattered)
+        z = self._zspage_table.new(cls, [self.arena.alloc_page() for _ in range(npages)])
         cls.zspages += 1
         self._link(cls, z, 0)
         return z
@@ -470,12 +504,10 @@ class Pool:
             first = base >> PAGE_SHIFT
             pages: Iterable[int] = range(first, first + cls.pages_per_zspage)
         else:
-            pages = self._zs_pages.pop(z)
-            self._scattered_bytes -= sys.getsizeof(pages)
+            pages = self._zs_pages[z]
         for page in pages:
             self.arena.free_page(page)
-        self._zs_class[z] = None
-        self._free_zspage_ids.append(z)
+        self._zspage_table.free(z)
         cls.zspages -= 1
 
     def _regroup(self, cls: SizeClass, z: int) -> None:
@@ -591,8 +623,7 @@ class Pool:
         cls = self._zs_class[z]
         if self._spilled:
             self._spilled.discard(handle)
-        self._handles[handle] = self._free_handle << 1
-        self._free_handle = handle
+        self._handle_table.free(handle)
         self.obj_bytes -= (entry >> 1) & _LEN_MASK
         cls.obj_used -= 1
         in_use = self._zs_inuse
@@ -809,12 +840,7 @@ class Pool:
 
     def metadata_bytes(self) -> int:
         """Python memory of the pool's bookkeeping: handle table, zspages, classes."""
-        columns = (self._handles, self._zs_base, self._zs_inuse, self._zs_freelist,
-                   self._zs_bump, self._zs_group, self._zs_next, self._zs_prev,
-                   self._free_zspage_ids)
-        total = (sum(c.buffer_info()[1] * c.itemsize for c in columns)
-                 + sys.getsizeof(self._zs_class) + sys.getsizeof(self._zs_pages)
-                 + self._scattered_bytes)
+        total = self._handle_table.memory() + self._zspage_table.memory()
         for cls in self._classes:
             total += _CLASS_BYTES + len(cls.group_of) * 8
         return total
