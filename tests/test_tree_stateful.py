@@ -92,12 +92,12 @@ class DirectoryMachine(RuleBasedStateMachine):
         assert len(d) == len(self.model)
         for name, (ino, _) in self.model.items():
             assert name in d and d.get(name) == ino
-        stale = len(d._cookies) - len(self.model)
+        cookies, inos = d._rows[0::4], d._rows[1::4]
+        stale = len(cookies) - len(self.model)
         assert stale <= len(self.model) + 64 + 1      # pruned once mostly stale
-        assert list(d._cookies) == sorted(d._cookies)
+        assert list(cookies) == sorted(cookies)
         assert 2 * d._used <= len(d._index)           # the index at most half full
-        assert sorted(p for p in d._index if p >= 0) == [
-            p for p in range(len(d._inos)) if d._inos[p]]
+        assert sorted(p for p in d._index if p >= 0) == [p for p in range(len(inos)) if inos[p]]
 
 
 class CollidingDirectoryMachine(DirectoryMachine):

@@ -5,19 +5,20 @@ resumes after the last cookie it reported: entries created meanwhile get higher
 cookies (they may or may not be seen), entries removed are never reported again,
 none is repeated. Cookies 1 and 2 are ``.`` and ``..``.
 
-Packed for memory, with no object per entry: entries sit in cookie order in
-parallel arrays (cookie, inode, name hash, where the name starts), the names end
-to end in one bytearray, and an open-addressing index (an array of entry
-positions, at most half full, probed linearly from the name's hash) finds a name.
-An entry costs about 45 bytes plus its name, where a dict slot, a name object and
-an int took about 150. A removed entry stays as a tombstone (inode 0) until most
-entries are; the arrays and the index are then rebuilt, so that ``rm -r`` stays
-linear and a directory that shrinks gives its memory back.
+Packed for memory, with no object per entry: entries sit in cookie order as rows
+of four words in one array (cookie, inode, name hash, where the name starts and
+its length), the names end to end in one bytearray, and an open-addressing index
+(an array of entry positions, at most half full, probed linearly from the name's
+hash) finds a name. An entry costs about 40 bytes plus its name, where a dict
+slot, a name object and an int took about 150; a directory costs three buffers
+(one array per field took six, about 500 bytes of the interpreter's small-object
+arenas for a small directory). A removed entry stays as a tombstone (inode 0)
+until most entries are; the rows and the index are then rebuilt, so that ``rm -r``
+stays linear and a directory that shrinks gives its memory back.
 """
 
 from __future__ import annotations
 
-import bisect
 import sys
 from array import array
 from typing import Iterator
@@ -27,19 +28,18 @@ _PRUNE_SLACK = 64
 _EMPTY = -1                    # index slot never used since the index was built
 _GONE = -2                     # index slot of a removed entry: probes go on past it
 _MIN_INDEX = 8
+_ROW = 4                       # words per entry: cookie, inode, hash, name start << 8 | length
+                               # (written as 4 where a lookup runs: a literal is faster)
+_HASH_MASK = (1 << 64) - 1     # hashes are kept as unsigned words
 
 
 class Directory:
     """The entries of one directory and its parent's inode number."""
 
-    __slots__ = ("_cookies", "_inos", "_hashes", "_starts", "_names", "_index", "_used",
-                 "_live", "_next_cookie", "parent")
+    __slots__ = ("_rows", "_names", "_index", "_used", "_live", "_next_cookie", "parent")
 
     def __init__(self, parent: int) -> None:
-        self._cookies = array("Q")
-        self._inos = array("Q")          # 0: a removed entry
-        self._hashes = array("q")
-        self._starts = array("Q", [0])   # entry i's name is _names[_starts[i]:_starts[i + 1]]
+        self._rows = array("Q")
         self._names = bytearray()
         self._index = array("i", [_EMPTY]) * _MIN_INDEX
         self._used = 0                   # index slots not _EMPTY
@@ -51,43 +51,46 @@ class Directory:
         return self._live
 
     def __contains__(self, name: bytes) -> bool:
-        return self._slot(name, hash(name)) >= 0
+        return self._slot(name, hash(name) & _HASH_MASK) >= 0
 
     def _slot(self, name: bytes, h: int) -> int:
         """The index slot of the entry named ``name`` (hash ``h``), or -1."""
-        index, hashes, starts, names = self._index, self._hashes, self._starts, self._names
+        index, rows, names = self._index, self._rows, self._names
         mask = len(index) - 1
         i = h & mask
         while True:
             pos = index[i]
             if pos == _EMPTY:
                 return -1
-            if pos >= 0 and hashes[pos] == h and names[starts[pos]:starts[pos + 1]] == name:
-                return i
+            if pos >= 0 and rows[4 * pos + 2] == h:
+                where = rows[4 * pos + 3]
+                start = where >> 8
+                if names[start:start + (where & 0xFF)] == name:
+                    return i
             i = (i + 1) & mask
 
     def _slot_of(self, name: bytes) -> int:
         """The index slot of the entry named ``name``; KeyError if there is none."""
-        i = self._slot(name, hash(name))
+        i = self._slot(name, hash(name) & _HASH_MASK)
         if i < 0:
             raise KeyError(name)
         return i
 
     def get(self, name: bytes) -> int | None:
         """The inode number of ``name``, or None."""
-        i = self._slot(name, hash(name))
-        return None if i < 0 else self._inos[self._index[i]]
+        i = self._slot(name, hash(name) & _HASH_MASK)
+        return None if i < 0 else self._rows[4 * self._index[i] + 1]
 
     def add(self, name: bytes, ino: int) -> None:
-        """Name ``ino``; ``name`` must not be in the directory."""
-        h = hash(name)
-        pos = len(self._cookies)
-        self._cookies.append(self._next_cookie)
+        """Name ``ino``; ``name`` must not be in the directory (names are at most 255 bytes)."""
+        if len(name) > 0xFF:
+            raise ValueError(f"name of {len(name)} bytes")
+        h = hash(name) & _HASH_MASK
+        rows, names = self._rows, self._names
+        pos = len(rows) >> 2
+        rows.extend((self._next_cookie, ino, h, len(names) << 8 | len(name)))
         self._next_cookie += 1
-        self._inos.append(ino)
-        self._hashes.append(h)
-        self._names += name
-        self._starts.append(len(self._names))
+        names += name
         self._live += 1
         if 2 * (self._used + 1) > len(self._index):
             self._build_index()
@@ -111,51 +114,63 @@ class Directory:
             size <<= 1
         self._index = array("i", [_EMPTY]) * size
         self._used = 0
-        inos, hashes = self._inos, self._hashes
-        for pos in range(len(inos)):
-            if inos[pos]:
-                self._place(pos, hashes[pos])
+        rows = self._rows
+        for pos in range(len(rows) // _ROW):
+            if rows[_ROW * pos + 1]:
+                self._place(pos, rows[_ROW * pos + 2])
 
     def remove(self, name: bytes) -> int:
         """Remove ``name`` (KeyError if absent); return its inode number."""
         i = self._slot_of(name)
-        pos = self._index[i]
+        at = 4 * self._index[i] + 1
         self._index[i] = _GONE
-        ino = self._inos[pos]
-        self._inos[pos] = 0
+        ino = self._rows[at]
+        self._rows[at] = 0
         self._live -= 1
-        if len(self._inos) > 2 * self._live + _PRUNE_SLACK:
+        if len(self._rows) > _ROW * (2 * self._live + _PRUNE_SLACK):
             self._prune()
         return ino
 
     def _prune(self) -> None:
-        """Drop the tombstones: the arrays, the names and the index are built anew."""
-        inos, starts, names = self._inos, self._starts, self._names
-        keep = [pos for pos in range(len(inos)) if inos[pos]]
-        self._cookies = array("Q", [self._cookies[pos] for pos in keep])
-        self._inos = array("Q", [inos[pos] for pos in keep])
-        self._hashes = array("q", [self._hashes[pos] for pos in keep])
-        packed = bytearray()
-        new_starts = array("Q", [0])
-        for pos in keep:
-            packed += names[starts[pos]:starts[pos + 1]]
-            new_starts.append(len(packed))
-        self._names, self._starts = packed, new_starts
+        """Drop the tombstones: the rows, the names and the index are built anew."""
+        rows, names = self._rows, self._names
+        kept, packed = array("Q"), bytearray()
+        for at in range(0, len(rows), _ROW):
+            if rows[at + 1]:
+                where = rows[at + 3]
+                start = where >> 8
+                kept.extend((rows[at], rows[at + 1], rows[at + 2], len(packed) << 8 | (where & 0xFF)))
+                packed += names[start:start + (where & 0xFF)]
+        self._rows, self._names = kept, packed
         self._build_index()
 
     def replace(self, name: bytes, ino: int) -> None:
         """Point an existing name at another inode, keeping its cookie."""
-        self._inos[self._index[self._slot_of(name)]] = ino
+        self._rows[_ROW * self._index[self._slot_of(name)] + 1] = ino
+
+    def _first_after(self, cookie: int) -> int:
+        """The position of the first entry with a cookie above ``cookie`` (rows are in
+        cookie order)."""
+        rows = self._rows
+        lo, hi = 0, len(rows) // _ROW
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rows[_ROW * mid] <= cookie:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     def entries_after(self, cookie: int) -> Iterator[tuple[bytes, int, int]]:
         """(name, inode, cookie) of entries with cookies above ``cookie``, in order."""
-        cookies, inos, starts, names = self._cookies, self._inos, self._starts, self._names
-        for pos in range(bisect.bisect_right(cookies, cookie), len(cookies)):
-            ino = inos[pos]
+        rows, names = self._rows, self._names
+        for at in range(_ROW * self._first_after(cookie), len(rows), _ROW):
+            ino = rows[at + 1]
             if ino:
-                yield bytes(names[starts[pos]:starts[pos + 1]]), ino, cookies[pos]
+                where = rows[at + 3]
+                start = where >> 8
+                yield bytes(names[start:start + (where & 0xFF)]), ino, rows[at]
 
     def memory(self) -> int:
         """Bytes of Python memory held: the object, its arrays and its names."""
-        return sys.getsizeof(self) + sum(map(sys.getsizeof, (
-            self._cookies, self._inos, self._hashes, self._starts, self._names, self._index)))
+        return sys.getsizeof(self) + sum(map(sys.getsizeof, (self._rows, self._names, self._index)))
