@@ -115,9 +115,10 @@ class Directory:
         self._index = array("i", [_EMPTY]) * size
         self._used = 0
         rows = self._rows
-        for pos in range(len(rows) // _ROW):
-            if rows[_ROW * pos + 1]:
-                self._place(pos, rows[_ROW * pos + 2])
+        hashes = rows[2::_ROW]
+        for pos, ino in enumerate(rows[1::_ROW]):
+            if ino:
+                self._place(pos, hashes[pos])
 
     def remove(self, name: bytes) -> int:
         """Remove ``name`` (KeyError if absent); return its inode number."""
@@ -127,21 +128,20 @@ class Directory:
         ino = self._rows[at]
         self._rows[at] = 0
         self._live -= 1
-        if len(self._rows) > _ROW * (2 * self._live + _PRUNE_SLACK):
+        if len(self._rows) > 4 * (2 * self._live + _PRUNE_SLACK):
             self._prune()
         return ino
 
     def _prune(self) -> None:
         """Drop the tombstones: the rows, the names and the index are built anew."""
         rows, names = self._rows, self._names
-        kept, packed = array("Q"), bytearray()
-        for at in range(0, len(rows), _ROW):
-            if rows[at + 1]:
-                where = rows[at + 3]
-                start = where >> 8
-                kept.extend((rows[at], rows[at + 1], rows[at + 2], len(packed) << 8 | (where & 0xFF)))
-                packed += names[start:start + (where & 0xFF)]
-        self._rows, self._names = kept, packed
+        kept, packed = [], bytearray()
+        for at in [at for at in range(0, len(rows), _ROW) if rows[at + 1]]:
+            where = rows[at + 3]
+            start = where >> 8
+            kept += (rows[at], rows[at + 1], rows[at + 2], len(packed) << 8 | (where & 0xFF))
+            packed += names[start:start + (where & 0xFF)]
+        self._rows, self._names = array("Q", kept), packed
         self._build_index()
 
     def replace(self, name: bytes, ino: int) -> None:
