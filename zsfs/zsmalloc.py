@@ -130,11 +130,9 @@ class HandleTable(Slots):
         self.entries = array("Q", [0])
         super().__init__((self.entries,), (0,), self.entries, 0)
 
-    def new(self) -> int:
-        return self._take()
-
-    def free(self, handle: int) -> None:
-        self._give_back(handle)
+    # Slots' own methods, not wrappers: malloc and free call them for every object.
+    new = Slots._take
+    free = Slots._give_back
 
 
 _FREE_ZSPAGE = -2              # base of a free zspage number
@@ -399,6 +397,15 @@ class Pool:
         """The fullest zspage of ``cls`` that is neither empty nor full, or _NIL."""
         heads = cls.heads
         for group in range(_FULL - 1, 0, -1):
+            if heads[group] != _NIL:
+                return heads[group]
+        return _NIL
+
+    @staticmethod
+    def _emptiest_with_room(cls: SizeClass) -> int:
+        """The emptiest zspage of ``cls`` that is neither empty nor full, or _NIL."""
+        heads = cls.heads
+        for group in range(1, _FULL):
             if heads[group] != _NIL:
                 return heads[group]
         return _NIL
@@ -685,11 +692,10 @@ class Pool:
 
         Returns (pages freed, objects moved).
         """
-        heads = cls.heads
         freed = moved = 0
         cls.current = _NIL
         while moved < budget and cls.freeable():
-            src = next(heads[g] for g in range(1, _FULL) if heads[g] != _NIL)
+            src = self._emptiest_with_room(cls)
             dst = next((z for g in range(_FULL - 1, 0, -1) for z in self._members(cls, g)
                         if z != src), _NIL)
             if dst == _NIL:
@@ -799,8 +805,8 @@ class Pool:
         only when every object fits (checked again by each slice: if the pool
         changed meanwhile, what moved already cost nothing); else nothing moves.
         """
-        heads, in_use = cls.heads, self._zs_inuse
-        src = next((heads[g] for g in range(1, _FULL) if heads[g] != _NIL), _NIL)
+        in_use = self._zs_inuse
+        src = self._emptiest_with_room(cls)
         if src == _NIL:
             return 0, 0
         room: list[int] = []
